@@ -1,0 +1,202 @@
+//! Loading configuration from files, directories and strings: parse, decode, validate,
+//! and locate every problem as `file:line`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::problem::{Problem, Severity};
+use crate::resource::{decode, Resource, ResourceKey};
+use crate::validate::validate;
+use crate::yaml::parse_documents;
+
+/// Where a resource came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: u64,
+}
+
+/// The outcome of a load: the resources that decoded and every problem found.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub resources: Vec<(Resource, Origin)>,
+    pub problems: Vec<Problem>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.severity == Severity::Error)
+    }
+
+    fn merge(&mut self, other: Loaded) {
+        self.resources.extend(other.resources);
+        self.problems.extend(other.problems);
+    }
+
+    /// Two documents defining the same object is an error (the later one names the earlier).
+    fn check_duplicates(&mut self) {
+        let mut seen: BTreeMap<ResourceKey, Origin> = BTreeMap::new();
+        for (r, origin) in &self.resources {
+            if let Some(first) = seen.get(&r.key()) {
+                self.problems.push(Problem {
+                    file: origin.file.clone(),
+                    line: origin.line,
+                    resource: format!("{}/{}", r.kind, r.name()),
+                    field: "metadata.name".into(),
+                    message: format!("{} is already defined at {}:{}", r.key(), first.file, first.line),
+                    severity: Severity::Error,
+                });
+            } else {
+                seen.insert(r.key(), origin.clone());
+            }
+        }
+    }
+}
+
+/// Load YAML text (possibly several documents) named `source` in messages.
+pub fn load_str(source: &str, text: &str) -> Loaded {
+    let mut out = Loaded::default();
+    let docs = match parse_documents(text) {
+        Ok(d) => d,
+        Err(e) => {
+            out.problems.push(Problem {
+                file: source.to_string(),
+                line: e.line,
+                resource: String::new(),
+                field: String::new(),
+                message: format!("invalid YAML: {}", e.message),
+                severity: Severity::Error,
+            });
+            return out;
+        }
+    };
+    for doc in docs {
+        match decode(&doc.value) {
+            Err(e) => out.problems.push(Problem {
+                file: source.to_string(),
+                line: doc.line_of(&e.path),
+                resource: match (e.kind, e.name.as_str()) {
+                    (Some(k), n) => format!("{k}/{n}"),
+                    (None, "") => String::new(),
+                    (None, n) => n.to_string(),
+                },
+                field: e.path,
+                message: e.message,
+                severity: Severity::Error,
+            }),
+            Ok(r) => {
+                for issue in validate(&r) {
+                    out.problems.push(Problem {
+                        file: source.to_string(),
+                        line: doc.line_of(&issue.path),
+                        resource: format!("{}/{}", r.kind, r.name()),
+                        field: issue.path,
+                        message: issue.message,
+                        severity: issue.severity,
+                    });
+                }
+                let origin = Origin { file: source.to_string(), line: doc.line };
+                out.resources.push((r, origin));
+            }
+        }
+    }
+    out.check_duplicates();
+    out
+}
+
+/// Load files and directories (recursively: `*.yaml`, `*.yml`, `*.json`, in name order).
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    let mut out = Loaded::default();
+    for p in paths {
+        let p = p.as_ref();
+        let files = match collect_files(p) {
+            Ok(f) => f,
+            Err(e) => {
+                out.problems.push(io_problem(p, &e));
+                continue;
+            }
+        };
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => {
+                    let mut one = load_str(&f.display().to_string(), &text);
+                    // Duplicates are checked once over everything, below.
+                    one.problems.retain(|p| !p.message.contains("is already defined at"));
+                    out.merge(one);
+                }
+                Err(e) => out.problems.push(io_problem(&f, &e)),
+            }
+        }
+    }
+    out.check_duplicates();
+    out
+}
+
+fn io_problem(p: &Path, e: &std::io::Error) -> Problem {
+    Problem {
+        file: p.display().to_string(),
+        line: 0,
+        resource: String::new(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+        severity: Severity::Error,
+    }
+}
+
+/// The config files under `p` (or `p` itself when it is a file), sorted.
+pub fn collect_files(p: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(p)?;
+    if meta.is_file() {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if e.is_dir() {
+            out.extend(collect_files(&e)?);
+        } else if [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x)) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_carry_file_line_kind_and_field() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n      weight: 60\n    - destination:\n        host: reviews\n      weight: 60\n";
+        let l = load_str("vs.yaml", text);
+        let errs: Vec<String> = l.errors().map(|p| p.to_string()).collect();
+        assert_eq!(errs, vec!["vs.yaml:8: VirtualService/reviews: spec.http[0].route: weights add up to 120; they must add up to 100"]);
+    }
+
+    #[test]
+    fn unknown_field_line() {
+        let text = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports:\n  - port: 80\n    colour: blue\n";
+        let l = load_str("s.yaml", text);
+        let e = l.errors().next().expect("an error");
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_are_errors() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+        let l = load_str("n.yaml", text);
+        assert!(l.errors().any(|p| p.message.contains("already defined at n.yaml:1")), "{:?}", l.problems);
+    }
+}
