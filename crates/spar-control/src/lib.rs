@@ -1,1 +1,18 @@
-//! placeholder
+//! Spar's control plane (istiod's role): sources -> registry -> translation -> delta xDS push,
+//! plus the CA service and the admin API.
+
+pub mod admin;
+pub mod auth;
+pub mod ca_server;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+pub mod translate;
+pub mod xds_server;
+
+pub use error::Error;
+pub use server::{start, Options, Running};

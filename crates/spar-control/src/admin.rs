@@ -1,0 +1,106 @@
+//! The admin API (local only): health, config dumps, apply/delete, token minting.
+//! Every failure becomes a JSON answer here, in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use spar_identity::{Subject, TokenIssuer};
+
+use crate::config::ConfigState;
+use crate::xds_server::{lock_proxies, Proxies};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: Arc<ConfigState>,
+    pub proxies: Proxies,
+    pub tokens: Arc<TokenIssuer>,
+    pub root_pem: String,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz/ready", get(|| async { "ok\n" }))
+        .route("/debug/registry", get(registry))
+        .route("/debug/proxies", get(proxies))
+        .route("/debug/status", get(status))
+        .route("/root-cert.pem", get(|State(s): State<AdminState>| async move { s.root_pem }))
+        .route("/apply", post(apply))
+        .route("/delete", post(delete))
+        .route("/token", post(token))
+        .with_state(state)
+}
+
+async fn registry(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let snap = s.config.current();
+    let items: Vec<_> = snap.registry.resources().map(|r| r.to_value()).collect();
+    Json(json!({ "generation": snap.generation, "items": items }))
+}
+
+async fn proxies(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let list: Vec<_> = lock_proxies(&s.proxies).values().cloned().collect();
+    Json(json!({ "proxies": list }))
+}
+
+/// Connected proxies (without their config), NACKs and rejected config changes.
+async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let proxies: Vec<_> = lock_proxies(&s.proxies)
+        .values()
+        .map(|p| json!({ "stream": p.stream, "node_id": p.node_id, "subject": p.subject, "view": p.view, "types": p.types }))
+        .collect();
+    let rejected: Vec<String> = s.config.dir_problems().iter().map(|p| p.to_string()).collect();
+    Json(json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected }))
+}
+
+#[derive(Deserialize)]
+struct SourceQuery {
+    source: Option<String>,
+}
+
+async fn apply(State(s): State<AdminState>, Query(q): Query<SourceQuery>, body: String) -> Response {
+    let source = q.source.unwrap_or_else(|| "request".into());
+    match s.config.apply(&source, &body) {
+        Ok(done) => {
+            let applied: Vec<&String> = done.iter().map(|(k, _)| k).collect();
+            let warnings: Vec<String> = done.iter().flat_map(|(_, w)| w.iter().map(|p| p.to_string())).collect();
+            (StatusCode::OK, Json(json!({ "applied": applied, "warnings": warnings }))).into_response()
+        }
+        Err(problems) => bad_request(problems),
+    }
+}
+
+async fn delete(State(s): State<AdminState>, Query(q): Query<SourceQuery>, body: String) -> Response {
+    let source = q.source.unwrap_or_else(|| "request".into());
+    match s.config.delete(&source, &body) {
+        Ok(done) => (StatusCode::OK, Json(json!({ "deleted": done }))).into_response(),
+        Err(problems) => bad_request(problems),
+    }
+}
+
+fn bad_request(problems: Vec<spar_model::Problem>) -> Response {
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    (StatusCode::BAD_REQUEST, Json(json!({ "problems": text }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    #[serde(flatten)]
+    subject: Subject,
+    ttl_seconds: Option<u64>,
+}
+
+/// Mint a token for a pod or node proxy (the cluster in a box hands these out like
+/// Kubernetes hands out service-account tokens). Local admin port only.
+async fn token(State(s): State<AdminState>, Json(req): Json<TokenRequest>) -> Response {
+    let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(24 * 3600));
+    match s.tokens.mint(req.subject, ttl) {
+        Ok(t) => (StatusCode::OK, Json(json!({ "token": t }))).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "problems": [e.to_string()] }))).into_response(),
+    }
+}

@@ -1,0 +1,191 @@
+//! Config sources -> registry -> published snapshot. Two sources: the watched config directory
+//! (last good version kept when a change is invalid) and resources applied through the admin
+//! API (persisted). Changes are debounced and published as one new snapshot.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spar_model::{Kind, Problem, Resource, ResourceKey};
+use tokio::sync::{watch, Notify};
+
+use crate::registry::{MeshSettings, Registry};
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+
+/// How long to wait for more changes before publishing (keeps bursts to one push).
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the config directory is checked for changes.
+pub const POLL: Duration = Duration::from_millis(200);
+
+pub struct ConfigState {
+    mesh: MeshSettings,
+    dir: Option<PathBuf>,
+    dir_resources: Mutex<Vec<Resource>>,
+    dir_problems: Mutex<Vec<Problem>>,
+    pub store: Store,
+    notify: Notify,
+    generation: AtomicU64,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl ConfigState {
+    pub fn new(mesh: MeshSettings, dir: Option<PathBuf>, dir_resources: Vec<Resource>, store: Store) -> Arc<Self> {
+        let state = ConfigState {
+            mesh,
+            dir,
+            dir_resources: Mutex::new(dir_resources),
+            dir_problems: Mutex::new(Vec::new()),
+            store,
+            notify: Notify::new(),
+            generation: AtomicU64::new(0),
+            tx: watch::channel(Arc::new(Snapshot::default())).0,
+        };
+        state.publish();
+        Arc::new(state)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// Problems of the latest rejected config directory change (empty when it is good).
+    pub fn dir_problems(&self) -> Vec<Problem> {
+        lock(&self.dir_problems).clone()
+    }
+
+    /// Ask for a new snapshot (debounced).
+    pub fn changed(&self) {
+        self.notify.notify_one();
+    }
+
+    fn publish(&self) {
+        let mut merged: std::collections::BTreeMap<ResourceKey, Resource> =
+            lock(&self.dir_resources).iter().map(|r| (r.key(), r.clone())).collect();
+        // Applied resources win over files: `spar apply` is the later, explicit intent.
+        for r in self.store.all() {
+            merged.insert(r.key(), r);
+        }
+        let registry = Registry::new(self.mesh.clone(), merged.into_values());
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tx.send_replace(Snapshot::build(generation, registry));
+        tracing::debug!(generation, "published snapshot");
+    }
+
+    /// Publish after each burst of changes.
+    pub async fn run_publisher(self: Arc<Self>) {
+        loop {
+            self.notify.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+            self.publish();
+        }
+    }
+
+    /// Poll the config directory; publish valid changes, keep the last good set otherwise.
+    pub async fn run_dir_watch(self: Arc<Self>) {
+        let Some(dir) = self.dir.clone() else { return };
+        let mut last = fingerprint(&dir);
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = fingerprint(&dir);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let loaded = spar_model::load_paths(&[&dir]);
+            for p in loaded.problems.iter().filter(|p| p.severity == spar_model::Severity::Warning) {
+                tracing::warn!("{p}");
+            }
+            if loaded.has_errors() {
+                for p in loaded.errors() {
+                    tracing::error!("rejected config change, keeping the last good config: {p}");
+                }
+                *lock(&self.dir_problems) = loaded.errors().cloned().collect();
+                continue;
+            }
+            lock(&self.dir_problems).clear();
+            tracing::info!(resources = loaded.resources.len(), dir = %dir.display(), "config directory changed");
+            *lock(&self.dir_resources) = loaded.resources.into_iter().map(|(r, _)| r).collect();
+            self.changed();
+        }
+    }
+
+    /// Validate and store YAML from `spar apply`. All or nothing: any error rejects it all.
+    pub fn apply(&self, source: &str, text: &str) -> Result<Vec<(String, Vec<Problem>)>, Vec<Problem>> {
+        let loaded = spar_model::load_str(source, text);
+        if loaded.has_errors() {
+            return Err(loaded.problems);
+        }
+        let mut done = Vec::new();
+        for (r, _) in loaded.resources {
+            let key = r.key();
+            let warnings: Vec<Problem> =
+                loaded.problems.iter().filter(|p| p.resource == format!("{}/{}", r.kind, r.name())).cloned().collect();
+            if let Err(e) = self.store.put(r) {
+                return Err(vec![internal(source, &e.to_string())]);
+            }
+            done.push((key.to_string(), warnings));
+        }
+        self.changed();
+        Ok(done)
+    }
+
+    /// Delete what `text` names (kind, namespace, name); only applied resources can be deleted.
+    pub fn delete(&self, source: &str, text: &str) -> Result<Vec<String>, Vec<Problem>> {
+        let docs = spar_model::yaml::parse_documents(text)
+            .map_err(|e| vec![Problem { line: e.line, ..internal(source, &e.message) }])?;
+        let mut keys = Vec::new();
+        for d in &docs {
+            let s = |p: &str| d.value.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let kind = Kind::lookup(&s("/apiVersion"), &s("/kind")).map_err(|m| vec![Problem { line: d.line, ..internal(source, &m) }])?;
+            let ns = if kind.namespaced() { Some(s("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or("default".into()) } else { String::new() };
+            keys.push(ResourceKey { kind, namespace: ns, name: s("/metadata/name") });
+        }
+        let in_dir = |k: &ResourceKey| lock(&self.dir_resources).iter().any(|r| &r.key() == k);
+        let mut done = Vec::new();
+        for k in keys {
+            match self.store.delete(&k) {
+                Ok(true) => done.push(k.to_string()),
+                Ok(false) if in_dir(&k) => {
+                    return Err(vec![internal(source, &format!("{k} comes from the config directory; remove it from the files there"))]);
+                }
+                Ok(false) => return Err(vec![internal(source, &format!("{k} not found"))]),
+                Err(e) => return Err(vec![internal(source, &e.to_string())]),
+            }
+        }
+        self.changed();
+        Ok(done)
+    }
+}
+
+fn internal(source: &str, message: &str) -> Problem {
+    Problem {
+        file: source.to_string(),
+        line: 1,
+        resource: String::new(),
+        field: String::new(),
+        message: message.to_string(),
+        severity: spar_model::Severity::Error,
+    }
+}
+
+/// Names, sizes, modification times and contents of the config files, hashed.
+fn fingerprint(dir: &std::path::Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    for f in spar_model::load::collect_files(dir).unwrap_or_default() {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

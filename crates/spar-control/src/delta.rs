@@ -1,0 +1,170 @@
+//! The delta xDS state of one stream and one type: what the client subscribed to, what it
+//! was sent, and the next response to send. Pure: no I/O, tested by tables.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost_types::Any;
+use spar_xds::discovery::{DeltaDiscoveryRequest, Resource};
+
+/// Current resources of one type for one proxy: name -> (version, body).
+pub type Resources = BTreeMap<String, (String, Any)>;
+
+#[derive(Debug, Default, Clone)]
+pub struct TypeState {
+    /// Subscribed to everything (`*`, or the legacy empty first subscription).
+    pub wildcard: bool,
+    /// Explicitly subscribed names.
+    pub names: BTreeSet<String>,
+    /// What the client holds: name -> version.
+    pub sent: BTreeMap<String, String>,
+}
+
+/// A response to send: updated resources and removed names.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Delta {
+    pub resources: Vec<Resource>,
+    pub removed: Vec<String>,
+}
+
+impl TypeState {
+    /// Start from the first request of a type on a stream. Returns the state and whether the
+    /// client must get a response even if it is empty (it always must, initially).
+    pub fn first(req: &DeltaDiscoveryRequest) -> TypeState {
+        let mut s = TypeState {
+            wildcard: req.resource_names_subscribe.is_empty(),
+            sent: req.initial_resource_versions.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        s.subscribe(&req.resource_names_subscribe, &req.resource_names_unsubscribe);
+        s
+    }
+
+    /// Apply subscription changes. Newly subscribed names are forgotten from `sent` so that
+    /// they are sent again (the protocol requires an answer for every subscribed name).
+    pub fn subscribe(&mut self, add: &[String], remove: &[String]) -> bool {
+        let mut changed = false;
+        for n in add {
+            if n == "*" {
+                changed |= !self.wildcard;
+                self.wildcard = true;
+            } else {
+                self.names.insert(n.clone());
+                self.sent.remove(n);
+                changed = true;
+            }
+        }
+        for n in remove {
+            if n == "*" {
+                changed |= self.wildcard;
+                self.wildcard = false;
+            } else {
+                changed |= self.names.remove(n);
+            }
+        }
+        if changed {
+            // Forget what is no longer subscribed: the client drops it itself.
+            let (wildcard, names) = (self.wildcard, &self.names);
+            self.sent.retain(|n, _| wildcard || names.contains(n));
+        }
+        changed
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The difference between what the client holds and `current`; records it as sent.
+    pub fn diff(&mut self, current: &Resources) -> Delta {
+        let mut delta = Delta::default();
+        for (name, (version, body)) in current {
+            if self.wants(name) && self.sent.get(name) != Some(version) {
+                delta.resources.push(Resource {
+                    version: version.clone(),
+                    resource: Some(body.clone()),
+                    name: name.clone(),
+                    aliases: Vec::new(),
+                });
+                self.sent.insert(name.clone(), version.clone());
+            }
+        }
+        let gone: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(n, v)| !v.is_empty() && !current.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            self.sent.remove(&n);
+            delta.removed.push(n);
+        }
+        // Explicitly subscribed names that do not exist are reported as removed, once.
+        for n in &self.names {
+            if !current.contains_key(n) && !delta.removed.contains(n) && !self.sent.contains_key(n) {
+                delta.removed.push(n.clone());
+                self.sent.insert(n.clone(), String::new());
+            }
+        }
+        self.sent.retain(|n, v| !v.is_empty() || current.contains_key(n) || self.names.contains(n));
+        delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(pairs: &[(&str, &str)]) -> Resources {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), (v.to_string(), Any { type_url: "t".into(), value: v.as_bytes().to_vec() })))
+            .collect()
+    }
+
+    fn names(d: &Delta) -> Vec<&str> {
+        d.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn wildcard_initial_update_and_removal() {
+        let mut s = TypeState::first(&DeltaDiscoveryRequest::default());
+        assert!(s.wildcard);
+        let d = s.diff(&res(&[("a", "1"), ("b", "1")]));
+        assert_eq!(names(&d), vec!["a", "b"]);
+        // Nothing changed: nothing to send.
+        assert_eq!(s.diff(&res(&[("a", "1"), ("b", "1")])), Delta::default());
+        // b changes, a goes away.
+        let d = s.diff(&res(&[("b", "2")]));
+        assert_eq!(names(&d), vec!["b"]);
+        assert_eq!(d.removed, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn initial_versions_skip_what_the_client_has() {
+        let req = DeltaDiscoveryRequest {
+            initial_resource_versions: [("a".to_string(), "1".to_string()), ("gone".to_string(), "1".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let mut s = TypeState::first(&req);
+        let d = s.diff(&res(&[("a", "1"), ("b", "1")]));
+        assert_eq!(names(&d), vec!["b"]);
+        assert_eq!(d.removed, vec!["gone".to_string()]);
+    }
+
+    #[test]
+    fn named_subscriptions() {
+        let req = DeltaDiscoveryRequest { resource_names_subscribe: vec!["a".into(), "x".into()], ..Default::default() };
+        let mut s = TypeState::first(&req);
+        assert!(!s.wildcard);
+        let d = s.diff(&res(&[("a", "1"), ("b", "1")]));
+        assert_eq!(names(&d), vec!["a"]);
+        assert_eq!(d.removed, vec!["x".to_string()]);
+        // Re-subscribing to a sends it again.
+        s.subscribe(&["a".into()], &[]);
+        assert_eq!(names(&s.diff(&res(&[("a", "1"), ("b", "1")]))), vec!["a"]);
+        // Unsubscribe a; b arriving later is not sent.
+        s.subscribe(&[], &["a".into()]);
+        assert_eq!(s.diff(&res(&[("a", "2"), ("b", "2")])).resources.len(), 0);
+    }
+}

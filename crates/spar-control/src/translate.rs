@@ -1,0 +1,512 @@
+//! Translation: registry -> what one proxy receives. Pure functions, tested by tables.
+//!
+//! Node proxies and sidecars get Istio's ambient resource types: every Address (workloads and
+//! services) and the Authorization policies that can apply to the workloads they serve.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use spar_model::istio::security::{AuthorizationPolicy, PeerAuthentication, Rule as ApRule};
+use spar_model::k8s::{IntOrString, ServiceSpec};
+use spar_model::{labels_match, Kind, Resource, Spec};
+use spar_xds::security::{self as xsec, string_match::MatchType};
+use spar_xds::workload::{self as xw};
+
+use crate::registry::{DataplaneMode, Pod, Registry};
+
+/// Whose config is being computed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum ProxyView {
+    /// A node proxy (ambient): serves every enrolled pod on this node.
+    Node(String),
+    /// A sidecar: serves exactly one pod.
+    Workload { namespace: String, name: String },
+}
+
+/// Everything one proxy is sent, keyed by xDS resource name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub addresses: BTreeMap<String, xw::Address>,
+    pub authorizations: BTreeMap<String, xsec::Authorization>,
+}
+
+/// The full translated mesh; per-proxy configs are filtered views of it.
+#[derive(Debug, Clone, Default)]
+pub struct Translated {
+    pub addresses: BTreeMap<String, xw::Address>,
+    pub authorizations: BTreeMap<String, xsec::Authorization>,
+}
+
+pub fn translate(reg: &Registry) -> Translated {
+    let mut policies = BTreeMap::new();
+    for r in reg.of_kind(Kind::AuthorizationPolicy) {
+        if let Spec::AuthorizationPolicy(ap) = &r.spec
+            && let Some(a) = authorization(reg, r, ap)
+        {
+            policies.insert(format!("{}/{}", a.namespace, a.name), a);
+        }
+    }
+    let mut addresses = BTreeMap::new();
+    for pod in reg.pods() {
+        if pod.ip.is_none() {
+            continue;
+        }
+        let mut w = workload(reg, &pod);
+        if let Some(pa) = peer_authentication_policy(reg, &pod) {
+            let key = format!("{}/{}", pa.namespace, pa.name);
+            w.authorization_policies.push(key.clone());
+            policies.insert(key, pa);
+        }
+        addresses.insert(w.uid.clone(), xw::Address { r#type: Some(xw::address::Type::Workload(w)) });
+    }
+    for (r, spec) in reg.services() {
+        let s = service(reg, r, spec);
+        addresses.insert(format!("{}/{}", s.namespace, s.hostname), xw::Address { r#type: Some(xw::address::Type::Service(s)) });
+    }
+    for (name, a) in service_entries(reg) {
+        addresses.insert(name, a);
+    }
+    Translated { addresses, authorizations: policies }
+}
+
+/// The config of one proxy: all addresses, and the policies relevant to the pods it serves.
+pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> ProxyConfig {
+    let served: Vec<Pod<'_>> = reg
+        .pods()
+        .filter(|p| match view {
+            ProxyView::Node(n) => p.node() == Some(n.as_str()),
+            ProxyView::Workload { namespace, name } => p.namespace == namespace && p.name == name,
+        })
+        .collect();
+    let listed: BTreeSet<&String> = served
+        .iter()
+        .filter_map(|p| workload_of(all, reg, p))
+        .flat_map(|w| w.authorization_policies.iter())
+        .collect();
+    let authorizations = all
+        .authorizations
+        .iter()
+        .filter(|(key, a)| match xsec::Scope::try_from(a.scope) {
+            Ok(xsec::Scope::Global) => true,
+            Ok(xsec::Scope::Namespace) => served.iter().any(|p| p.namespace == a.namespace),
+            _ => listed.contains(key),
+        })
+        .map(|(k, a)| (k.clone(), a.clone()))
+        .collect();
+    ProxyConfig { addresses: all.addresses.clone(), authorizations }
+}
+
+fn workload_of<'a>(all: &'a Translated, reg: &Registry, p: &Pod<'_>) -> Option<&'a xw::Workload> {
+    match all.addresses.get(&workload_uid(reg, p))?.r#type.as_ref()? {
+        xw::address::Type::Workload(w) => Some(w),
+        xw::address::Type::Service(_) => None,
+    }
+}
+
+pub fn workload_uid(reg: &Registry, p: &Pod<'_>) -> String {
+    format!("{}//Pod/{}/{}", reg.mesh.cluster_id, p.namespace, p.name)
+}
+
+fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
+    let mode = reg.dataplane_mode(p);
+    let label = |keys: &[&str]| keys.iter().find_map(|k| p.labels.get(*k).cloned());
+    let mut services = BTreeMap::new();
+    for (r, spec) in reg.services() {
+        if reg.endpoints(r, spec).any(|e| e.name == p.name) {
+            let ports = spec
+                .ports
+                .iter()
+                .map(|sp| xw::Port {
+                    service_port: sp.port,
+                    target_port: target_port(p, sp.target_port.as_ref(), sp.port),
+                    app_protocol: app_protocol(sp.app_protocol.as_deref(), sp.name.as_deref()) as i32,
+                })
+                .collect();
+            services.insert(format!("{}/{}", r.namespace(), service_host(reg, r)), xw::PortList { ports });
+        }
+    }
+    let authorization_policies = reg
+        .of_kind(Kind::AuthorizationPolicy)
+        .filter_map(|r| match &r.spec {
+            Spec::AuthorizationPolicy(ap) => ap.selector.as_ref().map(|s| (r, s)),
+            _ => None,
+        })
+        .filter(|(r, sel)| {
+            (r.namespace() == p.namespace || r.namespace() == reg.mesh.root_namespace) && labels_match(&sel.match_labels, p.labels)
+        })
+        .map(|(r, _)| format!("{}/{}", r.namespace(), r.name()))
+        .collect();
+    xw::Workload {
+        uid: workload_uid(reg, p),
+        name: p.name.to_string(),
+        namespace: p.namespace.to_string(),
+        addresses: p.ip.map(spar_xds::ip_bytes).into_iter().collect(),
+        tunnel_protocol: if mode == DataplaneMode::None { xw::TunnelProtocol::None } else { xw::TunnelProtocol::Hbone } as i32,
+        trust_domain: reg.mesh.trust_domain.clone(),
+        service_account: p.service_account().to_string(),
+        node: p.node().unwrap_or_default().to_string(),
+        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+            .unwrap_or_else(|| p.name.to_string()),
+        canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
+            .unwrap_or_else(|| "latest".into()),
+        workload_type: xw::WorkloadType::Deployment as i32,
+        workload_name: label(&["spar.io/deployment"]).unwrap_or_else(|| deployment_name(p.name)),
+        native_tunnel: mode == DataplaneMode::Sidecar,
+        services,
+        authorization_policies,
+        status: if p.ready() { xw::WorkloadStatus::Healthy } else { xw::WorkloadStatus::Unhealthy } as i32,
+        cluster_id: reg.mesh.cluster_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// `reviews-v1-7d9f8-abcde` -> `reviews-v1` (Kubernetes' ReplicaSet naming), else the name.
+fn deployment_name(pod: &str) -> String {
+    let parts: Vec<&str> = pod.rsplitn(3, '-').collect();
+    if parts.len() == 3 { parts[2].to_string() } else { pod.to_string() }
+}
+
+fn target_port(p: &Pod<'_>, target: Option<&IntOrString>, port: u32) -> u32 {
+    match target {
+        None => port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(name)) => p
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|cp| cp.name.as_deref() == Some(name))
+            .map(|cp| cp.container_port)
+            .unwrap_or(port),
+    }
+}
+
+/// Protocol from `appProtocol`, else the port name prefix (`http-`, `grpc-`, ...), as Istio does.
+pub fn app_protocol(app: Option<&str>, name: Option<&str>) -> xw::AppProtocol {
+    let from = |p: &str| match p.to_ascii_lowercase().as_str() {
+        "http" | "http1" => Some(xw::AppProtocol::Http11),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(xw::AppProtocol::Http2),
+        "grpc" | "grpc-web" => Some(xw::AppProtocol::Grpc),
+        _ => None,
+    };
+    app.and_then(from)
+        .or_else(|| name.and_then(|n| from(n.split('-').next().unwrap_or(n))))
+        .unwrap_or(xw::AppProtocol::Unknown)
+}
+
+pub fn service_host(reg: &Registry, r: &Resource) -> String {
+    format!("{}.{}.svc.{}", r.name(), r.namespace(), reg.mesh.domain_suffix)
+}
+
+fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
+    let vips = spec.cluster_ips.iter().chain(spec.cluster_ip.iter()).filter_map(|s| s.parse::<IpAddr>().ok());
+    let mut addresses: Vec<xw::NetworkAddress> = Vec::new();
+    for ip in vips {
+        let a = xw::NetworkAddress { network: String::new(), address: spar_xds::ip_bytes(ip) };
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    xw::Service {
+        name: r.name().to_string(),
+        namespace: r.namespace().to_string(),
+        hostname: service_host(reg, r),
+        addresses,
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| xw::Port {
+                service_port: p.port,
+                // Named target ports resolve per workload (Workload.services), as in Istio.
+                target_port: match &p.target_port {
+                    Some(IntOrString::Int(n)) => *n,
+                    Some(IntOrString::String(_)) => 0,
+                    None => p.port,
+                },
+                app_protocol: app_protocol(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// ServiceEntry hosts become services; inline endpoints with IPs become workloads.
+fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
+    let mut out = Vec::new();
+    for r in reg.of_kind(Kind::ServiceEntry) {
+        let Spec::ServiceEntry(se) = &r.spec else { continue };
+        let ns = r.namespace();
+        let ports: Vec<xw::Port> = se
+            .ports
+            .iter()
+            .map(|p| xw::Port {
+                service_port: p.number,
+                target_port: p.target_port.unwrap_or(p.number),
+                app_protocol: app_protocol(p.protocol.as_deref(), Some(&p.name)) as i32,
+            })
+            .collect();
+        let addresses: Vec<xw::NetworkAddress> = se
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .map(|ip| xw::NetworkAddress { network: String::new(), address: spar_xds::ip_bytes(ip) })
+            .collect();
+        for host in &se.hosts {
+            let s = xw::Service {
+                name: r.name().to_string(),
+                namespace: ns.to_string(),
+                hostname: host.clone(),
+                addresses: addresses.clone(),
+                ports: ports.clone(),
+                subject_alt_names: se.subject_alt_names.clone(),
+                ..Default::default()
+            };
+            out.push((format!("{ns}/{host}"), xw::Address { r#type: Some(xw::address::Type::Service(s)) }));
+        }
+        for (i, ep) in se.endpoints.iter().enumerate() {
+            let Some(ip) = ep.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
+            let uid = format!("{}/networking.istio.io/ServiceEntry/{ns}/{}/{i}", reg.mesh.cluster_id, r.name());
+            let services = se
+                .hosts
+                .iter()
+                .map(|h| {
+                    let ports = ports
+                        .iter()
+                        .zip(&se.ports)
+                        .map(|(p, sp)| xw::Port { target_port: ep.ports.get(&sp.name).copied().unwrap_or(p.target_port), ..p.clone() })
+                        .collect();
+                    (format!("{ns}/{h}"), xw::PortList { ports })
+                })
+                .collect();
+            let w = xw::Workload {
+                uid: uid.clone(),
+                name: format!("{}-{i}", r.name()),
+                namespace: ns.to_string(),
+                addresses: vec![spar_xds::ip_bytes(ip)],
+                trust_domain: reg.mesh.trust_domain.clone(),
+                service_account: ep.service_account.clone().unwrap_or_else(|| "default".into()),
+                canonical_name: r.name().to_string(),
+                canonical_revision: "latest".into(),
+                workload_name: r.name().to_string(),
+                services,
+                cluster_id: reg.mesh.cluster_id.clone(),
+                ..Default::default()
+            };
+            out.push((uid, xw::Address { r#type: Some(xw::address::Type::Workload(w)) }));
+        }
+    }
+    out
+}
+
+/// An AuthorizationPolicy as an L4 Authorization for node proxies, or None when it does not
+/// apply at L4: AUDIT (logging only), CUSTOM (needs an L7 proxy) and targetRef policies
+/// (bound to a waypoint or gateway).
+pub fn authorization(reg: &Registry, r: &Resource, ap: &AuthorizationPolicy) -> Option<xsec::Authorization> {
+    if ap.target_ref.is_some() || !ap.target_refs.is_empty() {
+        return None;
+    }
+    let action = match ap.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => xsec::Action::Allow,
+        "DENY" => xsec::Action::Deny,
+        _ => return None,
+    };
+    let scope = if ap.selector.is_some() {
+        xsec::Scope::WorkloadSelector
+    } else if r.namespace() == reg.mesh.root_namespace {
+        xsec::Scope::Global
+    } else {
+        xsec::Scope::Namespace
+    };
+    let rules = ap.rules.iter().filter_map(|rule| l4_rule(rule, action)).collect();
+    Some(xsec::Authorization {
+        name: r.name().to_string(),
+        namespace: r.namespace().to_string(),
+        scope: scope as i32,
+        action: action as i32,
+        rules,
+        dry_run: false,
+    })
+}
+
+/// One rule at L4. A rule with L7 conditions cannot be checked by a node proxy; Istio fails
+/// closed: an ALLOW rule that needs L7 never matches (dropped), a DENY rule is enforced on
+/// its L4 part alone (so it denies more, never less).
+fn l4_rule(rule: &ApRule, action: xsec::Action) -> Option<xsec::Rule> {
+    let mut has_l7 = false;
+    let mut clauses = Vec::new();
+    if !rule.from.is_empty() {
+        let matches = rule
+            .from
+            .iter()
+            .map(|f| {
+                let s = &f.source;
+                has_l7 |= !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
+                let sa = |list: &Vec<String>| {
+                    list.iter()
+                        .map(|x| match x.split_once('/') {
+                            Some((ns, sa)) => sm_suffix(&format!("/ns/{ns}/sa/{sa}")),
+                            None => sm(x),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let mut principals: Vec<_> = s.principals.iter().map(|p| sm(p)).collect();
+                principals.extend(sa(&s.service_accounts));
+                let mut not_principals: Vec<_> = s.not_principals.iter().map(|p| sm(p)).collect();
+                not_principals.extend(sa(&s.not_service_accounts));
+                xsec::Match {
+                    namespaces: s.namespaces.iter().map(|n| sm(n)).collect(),
+                    not_namespaces: s.not_namespaces.iter().map(|n| sm(n)).collect(),
+                    principals,
+                    not_principals,
+                    source_ips: cidrs(s.ip_blocks.iter().chain(&s.remote_ip_blocks)),
+                    not_source_ips: cidrs(s.not_ip_blocks.iter().chain(&s.not_remote_ip_blocks)),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        clauses.push(xsec::Clause { matches });
+    }
+    if !rule.to.is_empty() {
+        let matches = rule
+            .to
+            .iter()
+            .map(|t| {
+                let o = &t.operation;
+                has_l7 |= [&o.hosts, &o.not_hosts, &o.methods, &o.not_methods, &o.paths, &o.not_paths]
+                    .iter()
+                    .any(|l| !l.is_empty());
+                xsec::Match {
+                    destination_ports: o.ports.iter().filter_map(|p| p.parse().ok()).collect(),
+                    not_destination_ports: o.not_ports.iter().filter_map(|p| p.parse().ok()).collect(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        clauses.push(xsec::Clause { matches });
+    }
+    for c in &rule.when {
+        let mut m = xsec::Match::default();
+        let ports = |v: &Vec<String>| v.iter().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
+        let strs = |v: &Vec<String>| v.iter().map(|x| sm(x)).collect::<Vec<_>>();
+        match c.key.as_str() {
+            "source.ip" | "remote.ip" => {
+                m.source_ips = cidrs(c.values.iter());
+                m.not_source_ips = cidrs(c.not_values.iter());
+            }
+            "source.namespace" => {
+                m.namespaces = strs(&c.values);
+                m.not_namespaces = strs(&c.not_values);
+            }
+            "source.principal" => {
+                m.principals = strs(&c.values);
+                m.not_principals = strs(&c.not_values);
+            }
+            "destination.ip" => {
+                m.destination_ips = cidrs(c.values.iter());
+                m.not_destination_ips = cidrs(c.not_values.iter());
+            }
+            "destination.port" => {
+                m.destination_ports = ports(&c.values);
+                m.not_destination_ports = ports(&c.not_values);
+            }
+            _ => {
+                has_l7 = true;
+                continue;
+            }
+        }
+        clauses.push(xsec::Clause { matches: vec![m] });
+    }
+    if has_l7 && action == xsec::Action::Allow {
+        return None;
+    }
+    Some(xsec::Rule { clauses })
+}
+
+/// Istio's string match syntax: `*` any value present, `abc*` prefix, `*abc` suffix.
+fn sm(s: &str) -> xsec::StringMatch {
+    let m = if s == "*" {
+        MatchType::Presence(())
+    } else if let Some(p) = s.strip_suffix('*') {
+        MatchType::Prefix(p.to_string())
+    } else if let Some(p) = s.strip_prefix('*') {
+        MatchType::Suffix(p.to_string())
+    } else {
+        MatchType::Exact(s.to_string())
+    };
+    xsec::StringMatch { match_type: Some(m) }
+}
+
+fn sm_suffix(s: &str) -> xsec::StringMatch {
+    xsec::StringMatch { match_type: Some(MatchType::Suffix(s.to_string())) }
+}
+
+fn cidrs<'a>(list: impl Iterator<Item = &'a String>) -> Vec<xsec::Address> {
+    list.filter_map(|s| {
+        let net: IpNet = s.parse().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+        Some(xsec::Address { address: spar_xds::ip_bytes(net.network()), length: u32::from(net.prefix_len()) })
+    })
+    .collect()
+}
+
+/// The effective PeerAuthentication of a pod (workload > namespace > mesh; UNSET inherits;
+/// the oldest, here the first by name, wins a tie), as (mode, port -> mode).
+pub fn effective_mtls(reg: &Registry, pod: &Pod<'_>) -> (String, BTreeMap<u32, String>) {
+    let pas: Vec<(&Resource, &PeerAuthentication)> = reg
+        .of_kind(Kind::PeerAuthentication)
+        .filter_map(|r| match &r.spec {
+            Spec::PeerAuthentication(pa) => Some((r, pa)),
+            _ => None,
+        })
+        .collect();
+    let level = |pred: &dyn Fn(&Resource, &PeerAuthentication) -> bool| pas.iter().find(|(r, pa)| pred(r, pa)).map(|(_, pa)| *pa);
+    let mesh = level(&|r, pa| r.namespace() == reg.mesh.root_namespace && pa.selector.is_none());
+    let ns = level(&|r, pa| r.namespace() == pod.namespace && pa.selector.is_none());
+    let wl = level(&|r, pa| {
+        r.namespace() == pod.namespace && pa.selector.as_ref().is_some_and(|s| labels_match(&s.match_labels, pod.labels))
+    });
+    let mode_of = |pa: Option<&PeerAuthentication>| {
+        pa.and_then(|p| p.mtls.as_ref()).and_then(|m| m.mode.clone()).filter(|m| m != "UNSET")
+    };
+    let mut mode = "PERMISSIVE".to_string();
+    for m in [mode_of(mesh), mode_of(ns), mode_of(wl)].into_iter().flatten() {
+        mode = m;
+    }
+    let ports = wl
+        .map(|pa| {
+            pa.port_level_mtls
+                .iter()
+                .filter_map(|(p, m)| m.mode.clone().filter(|m| m != "UNSET").map(|m| (*p, m)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (mode, ports)
+}
+
+/// PeerAuthentication as the node proxy enforces it: a generated DENY policy for plaintext
+/// (no peer identity) on the ports where the effective mode is STRICT; None when none are.
+pub fn peer_authentication_policy(reg: &Registry, pod: &Pod<'_>) -> Option<xsec::Authorization> {
+    let (mode, ports) = effective_mtls(reg, pod);
+    let no_identity = vec![xsec::StringMatch { match_type: Some(MatchType::Presence(())) }];
+    let m = if mode == "STRICT" {
+        xsec::Match {
+            not_principals: no_identity,
+            not_destination_ports: ports.iter().filter(|(_, m)| *m != "STRICT").map(|(p, _)| *p).collect(),
+            ..Default::default()
+        }
+    } else {
+        let strict: Vec<u32> = ports.iter().filter(|(_, m)| *m == "STRICT").map(|(p, _)| *p).collect();
+        if strict.is_empty() {
+            return None;
+        }
+        xsec::Match { not_principals: no_identity, destination_ports: strict, ..Default::default() }
+    };
+    Some(xsec::Authorization {
+        name: format!("spar-peer-authentication-{}", pod.name),
+        namespace: pod.namespace.to_string(),
+        scope: xsec::Scope::WorkloadSelector as i32,
+        action: xsec::Action::Deny as i32,
+        rules: vec![xsec::Rule { clauses: vec![xsec::Clause { matches: vec![m] }] }],
+        dry_run: false,
+    })
+}
