@@ -1,1 +1,9 @@
-fn main() {}
+//! `spar`: one binary for the control plane and the operator commands.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

@@ -1,0 +1,55 @@
+//! Command-line interface: argument parsing and dispatch to the subcommands.
+
+mod admin_client;
+mod control;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "spar", version, about = "Spar: a service mesh in one binary (Istio's APIs, sidecar and ambient modes)")]
+struct Cli {
+    /// Log filter (e.g. info, debug, spar_control=debug); also read from SPAR_LOG.
+    #[arg(long, global = true, env = "SPAR_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: config, registry, CA, delta xDS and the admin API.
+    Control(control::ControlArgs),
+    /// Check Istio and Kubernetes YAML files or directories; exit non-zero on errors.
+    Validate {
+        /// Files or directories (searched recursively for .yaml, .yml and .json).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Create or update resources in the running control plane.
+    Apply(admin_client::FileArgs),
+    /// Delete resources from the running control plane.
+    Delete(admin_client::FileArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Control(args) => control::run(args),
+        Command::Validate { paths } => return validate::run(&paths),
+        Command::Apply(args) => admin_client::apply(&args, "/apply"),
+        Command::Delete(args) => admin_client::apply(&args, "/delete"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `spar apply -f FILE` / `spar delete -f FILE`: send YAML to the control plane's admin API.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+#[derive(Args)]
+pub struct FileArgs {
+    /// YAML file (or - for standard input).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Admin address of the control plane (default: from the state directory, else 127.0.0.1:15014).
+    #[arg(long)]
+    admin: Option<String>,
+    #[arg(long, default_value = "/run/spar/control")]
+    state_dir: PathBuf,
+}
+
+pub fn apply(args: &FileArgs, path: &str) -> anyhow::Result<()> {
+    let admin = match &args.admin {
+        Some(a) => a.clone(),
+        None => std::fs::read_to_string(args.state_dir.join("endpoints.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["admin"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "127.0.0.1:15014".into()),
+    };
+    let mut failed = false;
+    for f in &args.files {
+        let (name, text) = if f.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+            ("stdin".to_string(), s)
+        } else {
+            (f.display().to_string(), std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?)
+        };
+        let (code, body) = post(&admin, &format!("{path}?source={}", encode(&name)), &text)
+            .with_context(|| format!("cannot reach the control plane's admin API at {admin}; is `spar control` running?"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        for key in ["applied", "deleted"] {
+            for k in v[key].as_array().into_iter().flatten() {
+                println!("{} {}", k.as_str().unwrap_or_default(), if key == "applied" { "configured" } else { "deleted" });
+            }
+        }
+        for p in v["warnings"].as_array().into_iter().flatten().chain(v["problems"].as_array().into_iter().flatten()) {
+            eprintln!("{}", p.as_str().unwrap_or_default());
+        }
+        failed |= code != 200;
+    }
+    anyhow::ensure!(!failed, "the control plane rejected the request; nothing from the rejected file was changed");
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._/".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// A minimal HTTP/1.0 POST over loopback (the admin API is local and plain).
+fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
