@@ -510,3 +510,130 @@ pub fn peer_authentication_policy(reg: &Registry, pod: &Pod<'_>) -> Option<xsec:
         dry_run: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MeshSettings;
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a1, namespace: a, labels: {app: web}}
+spec: {serviceAccountName: web, nodeName: n1}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b1, namespace: b, labels: {app: web}}
+spec: {serviceAccountName: web, nodeName: n2}
+status: {podIP: 10.0.2.1}
+";
+
+    fn reg(extra: &str) -> Registry {
+        let l = spar_model::load_str("t", &format!("{BASE}---\n{extra}"));
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        Registry::new(MeshSettings::default(), l.resources.into_iter().map(|(r, _)| r))
+    }
+
+    fn policy_names(reg: &Registry, view: ProxyView) -> Vec<String> {
+        let all = translate(reg);
+        proxy_config(reg, &all, &view).authorizations.into_keys().collect()
+    }
+
+    fn ap(name: &str, ns: &str, spec: &str) -> String {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n")
+    }
+
+    #[test]
+    fn which_policies_each_proxy_receives() {
+        let r = reg(&[
+            ap("mesh", "istio-system", "{}"),
+            ap("ns-a", "a", "{}"),
+            ap("ns-b", "b", "{}"),
+            ap("sel-a", "a", "{selector: {matchLabels: {app: web}}}"),
+            ap("sel-a-miss", "a", "{selector: {matchLabels: {app: db}}}"),
+            ap("root-sel", "istio-system", "{selector: {matchLabels: {app: web}}}"),
+            ap("audit", "a", "{action: AUDIT}"),
+            ap("waypoint", "a", "{targetRefs: [{kind: Service, group: '', name: web}]}"),
+        ]
+        .concat());
+        let cases = [
+            (ProxyView::Node("n1".into()), vec!["a/ns-a", "a/sel-a", "istio-system/mesh", "istio-system/root-sel"]),
+            (ProxyView::Node("n2".into()), vec!["b/ns-b", "istio-system/mesh", "istio-system/root-sel"]),
+            (ProxyView::Node("empty".into()), vec!["istio-system/mesh"]),
+            (
+                ProxyView::Workload { namespace: "a".into(), name: "a1".into() },
+                vec!["a/ns-a", "a/sel-a", "istio-system/mesh", "istio-system/root-sel"],
+            ),
+        ];
+        for (view, want) in cases {
+            assert_eq!(policy_names(&r, view.clone()), want, "{view:?}");
+        }
+    }
+
+    #[test]
+    fn workloads_and_services_and_modes() {
+        let r = reg("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {selector: {app: web}, clusterIP: 10.96.0.1, ports: [{name: grpc-api, port: 80, targetPort: 9090}]}\n");
+        let all = translate(&r);
+        let Some(xw::address::Type::Workload(a1)) = &all.addresses["Kubernetes//Pod/a/a1"].r#type else { panic!("workload") };
+        assert_eq!(a1.tunnel_protocol, xw::TunnelProtocol::Hbone as i32);
+        let port = &a1.services["a/web.a.svc.cluster.local"].ports[0];
+        assert_eq!((port.service_port, port.target_port, port.app_protocol), (80, 9090, xw::AppProtocol::Grpc as i32));
+        let Some(xw::address::Type::Workload(b1)) = &all.addresses["Kubernetes//Pod/b/b1"].r#type else { panic!("workload") };
+        assert_eq!(b1.tunnel_protocol, xw::TunnelProtocol::None as i32, "namespace b is not in the mesh");
+        assert!(b1.services.is_empty(), "a Service selects only its own namespace");
+        let Some(xw::address::Type::Service(s)) = &all.addresses["a/web.a.svc.cluster.local"].r#type else { panic!("service") };
+        assert_eq!(s.addresses[0].address, vec![10, 96, 0, 1]);
+    }
+
+    #[test]
+    fn l7_rules_fail_closed_at_l4() {
+        let r = reg(&[
+            ap("allow-get", "a", "{rules: [{to: [{operation: {methods: [GET]}}]}, {from: [{source: {namespaces: [x]}}]}]}"),
+            ap("deny-get", "a", "{action: DENY, rules: [{from: [{source: {namespaces: [x]}}], to: [{operation: {methods: [GET]}}]}]}"),
+        ]
+        .concat());
+        let all = translate(&r);
+        let allow = &all.authorizations["a/allow-get"];
+        assert_eq!(allow.rules.len(), 1, "the L7 ALLOW rule is dropped: it can never match");
+        let deny = &all.authorizations["a/deny-get"];
+        assert_eq!(deny.rules.len(), 1, "the DENY rule stays");
+        let clauses = &deny.rules[0].clauses;
+        assert_eq!(clauses.len(), 2);
+        assert!(clauses[1].matches[0] == xsec::Match::default(), "its L7 part is widened to match anything");
+    }
+
+    #[test]
+    fn peer_authentication_precedence() {
+        let pa = |name: &str, ns: &str, spec: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n")
+        };
+        let mesh_strict = pa("default", "istio-system", "{mtls: {mode: STRICT}}");
+        let ns_permissive = pa("default", "a", "{mtls: {mode: PERMISSIVE}}");
+        let wl = pa("web", "a", "{selector: {matchLabels: {app: web}}, mtls: {mode: UNSET}, portLevelMtls: {8080: {mode: STRICT}}}");
+        let cases: Vec<(String, &str, Vec<(u32, &str)>)> = vec![
+            (String::new(), "PERMISSIVE", vec![]),
+            (mesh_strict.clone(), "STRICT", vec![]),
+            (format!("{mesh_strict}{ns_permissive}"), "PERMISSIVE", vec![]),
+            (format!("{mesh_strict}{ns_permissive}{wl}"), "PERMISSIVE", vec![(8080, "STRICT")]),
+        ];
+        for (yaml, mode, ports) in cases {
+            let r = reg(&yaml);
+            let pod = r.pod("a", "a1").expect("pod");
+            let (m, p) = effective_mtls(&r, &pod);
+            assert_eq!(m, mode, "{yaml}");
+            assert_eq!(p, ports.into_iter().map(|(k, v)| (k, v.to_string())).collect(), "{yaml}");
+        }
+        let r = reg(&format!("{mesh_strict}{ns_permissive}{wl}"));
+        let pod = r.pod("a", "a1").expect("pod");
+        let deny = peer_authentication_policy(&r, &pod).expect("strict on a port");
+        assert_eq!(deny.rules[0].clauses[0].matches[0].destination_ports, vec![8080]);
+        let other = r.pod("b", "b1").expect("pod");
+        assert_eq!(effective_mtls(&r, &other).0, "STRICT", "mesh-wide STRICT reaches namespace b");
+    }
+}
