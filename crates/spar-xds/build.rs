@@ -1,7 +1,12 @@
 //! Compile Spar's .proto files with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/discovery.proto", "proto/workload.proto", "proto/authorization.proto", "proto/ca.proto"];
+    let files = [
+        "proto/discovery.proto",
+        "proto/workload.proto",
+        "proto/authorization.proto",
+        "proto/ca.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -15,9 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // with IP bytes written as addresses.
         .type_attribute(".istio.workload", "#[derive(serde::Serialize)]")
         .type_attribute(".istio.security", "#[derive(serde::Serialize)]")
-        .field_attribute(".istio.workload.Workload.addresses", "#[serde(serialize_with = \"crate::ser::ip_list\")]")
-        .field_attribute(".istio.workload.NetworkAddress.address", "#[serde(serialize_with = \"crate::ser::ip\")]")
-        .field_attribute(".istio.security.Address.address", "#[serde(serialize_with = \"crate::ser::ip\")]")
+        .field_attribute(
+            ".istio.workload.Workload.addresses",
+            "#[serde(serialize_with = \"crate::ser::ip_list\")]",
+        )
+        .field_attribute(
+            ".istio.workload.NetworkAddress.address",
+            "#[serde(serialize_with = \"crate::ser::ip\")]",
+        )
+        .field_attribute(
+            ".istio.security.Address.address",
+            "#[serde(serialize_with = \"crate::ser::ip\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

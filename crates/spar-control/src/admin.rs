@@ -14,7 +14,7 @@ use serde_json::json;
 use spar_identity::{Subject, TokenIssuer};
 
 use crate::config::ConfigState;
-use crate::xds_server::{lock_proxies, Proxies};
+use crate::xds_server::{Proxies, lock_proxies};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -30,7 +30,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/registry", get(registry))
         .route("/debug/proxies", get(proxies))
         .route("/debug/status", get(status))
-        .route("/root-cert.pem", get(|State(s): State<AdminState>| async move { s.root_pem }))
+        .route(
+            "/root-cert.pem",
+            get(|State(s): State<AdminState>| async move { s.root_pem }),
+        )
         .route("/apply", post(apply))
         .route("/delete", post(delete))
         .route("/token", post(token))
@@ -54,8 +57,15 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         .values()
         .map(|p| json!({ "stream": p.stream, "node_id": p.node_id, "subject": p.subject, "view": p.view, "types": p.types }))
         .collect();
-    let rejected: Vec<String> = s.config.dir_problems().iter().map(|p| p.to_string()).collect();
-    Json(json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected }))
+    let rejected: Vec<String> = s
+        .config
+        .dir_problems()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    Json(
+        json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -63,19 +73,34 @@ struct SourceQuery {
     source: Option<String>,
 }
 
-async fn apply(State(s): State<AdminState>, Query(q): Query<SourceQuery>, body: String) -> Response {
+async fn apply(
+    State(s): State<AdminState>,
+    Query(q): Query<SourceQuery>,
+    body: String,
+) -> Response {
     let source = q.source.unwrap_or_else(|| "request".into());
     match s.config.apply(&source, &body) {
         Ok(done) => {
             let applied: Vec<&String> = done.iter().map(|(k, _)| k).collect();
-            let warnings: Vec<String> = done.iter().flat_map(|(_, w)| w.iter().map(|p| p.to_string())).collect();
-            (StatusCode::OK, Json(json!({ "applied": applied, "warnings": warnings }))).into_response()
+            let warnings: Vec<String> = done
+                .iter()
+                .flat_map(|(_, w)| w.iter().map(|p| p.to_string()))
+                .collect();
+            (
+                StatusCode::OK,
+                Json(json!({ "applied": applied, "warnings": warnings })),
+            )
+                .into_response()
         }
         Err(problems) => bad_request(problems),
     }
 }
 
-async fn delete(State(s): State<AdminState>, Query(q): Query<SourceQuery>, body: String) -> Response {
+async fn delete(
+    State(s): State<AdminState>,
+    Query(q): Query<SourceQuery>,
+    body: String,
+) -> Response {
     let source = q.source.unwrap_or_else(|| "request".into());
     match s.config.delete(&source, &body) {
         Ok(done) => (StatusCode::OK, Json(json!({ "deleted": done }))).into_response(),
@@ -101,6 +126,10 @@ async fn token(State(s): State<AdminState>, Json(req): Json<TokenRequest>) -> Re
     let ttl = Duration::from_secs(req.ttl_seconds.unwrap_or(24 * 3600));
     match s.tokens.mint(req.subject, ttl) {
         Ok(t) => (StatusCode::OK, Json(json!({ "token": t }))).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "problems": [e.to_string()] }))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "problems": [e.to_string()] })),
+        )
+            .into_response(),
     }
 }

@@ -2,31 +2,43 @@
 //! policy: pure, table-tested, failing closed.
 
 use spar_identity::{Claims, Identity, Subject, TokenIssuer};
-use tonic::metadata::MetadataMap;
 use tonic::Status;
+use tonic::metadata::MetadataMap;
 
 use crate::registry::Registry;
 
 /// Verify the `authorization: Bearer <token>` of a call.
 pub fn caller(md: &MetadataMap, tokens: &TokenIssuer) -> Result<Claims, Status> {
-    let header = md
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`"))?;
-    let value = header.to_str().map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+    let header = md.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>`")
+    })?;
+    let value = header
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
-    tokens.verify(token.trim()).map_err(|e| Status::unauthenticated(e.to_string()))
+    tokens
+        .verify(token.trim())
+        .map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
 /// The identity `subject` may get, given the identity it asked to impersonate (if any).
-pub fn authorize_identity(reg: &Registry, subject: &Subject, impersonate: Option<&str>) -> Result<Identity, Status> {
+pub fn authorize_identity(
+    reg: &Registry,
+    subject: &Subject,
+    impersonate: Option<&str>,
+) -> Result<Identity, Status> {
     let td = &reg.mesh.trust_domain;
     match subject {
-        Subject::Pod { namespace, name, service_account } => {
-            let pod = reg
-                .pod(namespace, name)
-                .ok_or_else(|| Status::permission_denied(format!("pod {namespace}/{name} is not in the registry")))?;
+        Subject::Pod {
+            namespace,
+            name,
+            service_account,
+        } => {
+            let pod = reg.pod(namespace, name).ok_or_else(|| {
+                Status::permission_denied(format!("pod {namespace}/{name} is not in the registry"))
+            })?;
             if pod.service_account() != service_account {
                 return Err(Status::permission_denied(format!(
                     "pod {namespace}/{name} now runs as service account {}, not {service_account}",
@@ -45,12 +57,18 @@ pub fn authorize_identity(reg: &Registry, subject: &Subject, impersonate: Option
             let want = impersonate.ok_or_else(|| {
                 Status::invalid_argument("node proxies must name the identity they want in metadata.ImpersonatedIdentity")
             })?;
-            let id: Identity = want.parse().map_err(|e: spar_identity::Error| Status::invalid_argument(e.to_string()))?;
+            let id: Identity = want
+                .parse()
+                .map_err(|e: spar_identity::Error| Status::invalid_argument(e.to_string()))?;
             if &id.trust_domain != td {
-                return Err(Status::permission_denied(format!("{id} is not in trust domain {td}")));
+                return Err(Status::permission_denied(format!(
+                    "{id} is not in trust domain {td}"
+                )));
             }
             let placed = reg.pods().any(|p| {
-                p.node() == Some(node.as_str()) && p.namespace == id.namespace && p.service_account() == id.service_account
+                p.node() == Some(node.as_str())
+                    && p.namespace == id.namespace
+                    && p.service_account() == id.service_account
             });
             if !placed {
                 return Err(Status::permission_denied(format!(
@@ -84,34 +102,65 @@ status: {podIP: 10.0.2.5}
 ";
         let l = spar_model::load_str("t", text);
         assert!(!l.has_errors(), "{:?}", l.problems);
-        Registry::new(MeshSettings::default(), l.resources.into_iter().map(|(r, _)| r))
+        Registry::new(
+            MeshSettings::default(),
+            l.resources.into_iter().map(|(r, _)| r),
+        )
     }
 
     fn pod(ns: &str, name: &str, sa: &str) -> Subject {
-        Subject::Pod { namespace: ns.into(), name: name.into(), service_account: sa.into() }
+        Subject::Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            service_account: sa.into(),
+        }
     }
 
     #[test]
     fn table() {
         let r = reg();
-        let node1 = Subject::Node { name: "node-1".into() };
+        let node1 = Subject::Node {
+            name: "node-1".into(),
+        };
         let sleep = "spiffe://cluster.local/ns/default/sa/sleep";
         let web = "spiffe://cluster.local/ns/shop/sa/web";
         let cases: Vec<(Subject, Option<&str>, Result<&str, tonic::Code>)> = vec![
             (pod("default", "sleep-1", "sleep"), None, Ok(sleep)),
             (pod("default", "sleep-1", "sleep"), Some(sleep), Ok(sleep)),
-            (pod("default", "sleep-1", "sleep"), Some(web), Err(tonic::Code::PermissionDenied)),
-            (pod("default", "sleep-1", "admin"), None, Err(tonic::Code::PermissionDenied)),
-            (pod("default", "ghost", "sleep"), None, Err(tonic::Code::PermissionDenied)),
+            (
+                pod("default", "sleep-1", "sleep"),
+                Some(web),
+                Err(tonic::Code::PermissionDenied),
+            ),
+            (
+                pod("default", "sleep-1", "admin"),
+                None,
+                Err(tonic::Code::PermissionDenied),
+            ),
+            (
+                pod("default", "ghost", "sleep"),
+                None,
+                Err(tonic::Code::PermissionDenied),
+            ),
             (node1.clone(), Some(sleep), Ok(sleep)),
             (node1.clone(), Some(web), Err(tonic::Code::PermissionDenied)),
             (node1.clone(), None, Err(tonic::Code::InvalidArgument)),
-            (node1.clone(), Some("spiffe://evil.org/ns/default/sa/sleep"), Err(tonic::Code::PermissionDenied)),
+            (
+                node1.clone(),
+                Some("spiffe://evil.org/ns/default/sa/sleep"),
+                Err(tonic::Code::PermissionDenied),
+            ),
             (node1, Some("not-spiffe"), Err(tonic::Code::InvalidArgument)),
         ];
         for (subject, imp, want) in cases {
-            let got = authorize_identity(&r, &subject, imp).map(|i| i.to_string()).map_err(|s| s.code());
-            assert_eq!(got, want.map(str::to_string), "{subject} asking for {imp:?}");
+            let got = authorize_identity(&r, &subject, imp)
+                .map(|i| i.to_string())
+                .map_err(|s| s.code());
+            assert_eq!(
+                got,
+                want.map(str::to_string),
+                "{subject} asking for {imp:?}"
+            );
         }
     }
 }

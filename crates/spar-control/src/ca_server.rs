@@ -27,7 +27,10 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let claims = caller(request.metadata(), &self.tokens).inspect_err(|s| {
-            tracing::warn!(reason = s.message(), "certificate refused: caller not authenticated");
+            tracing::warn!(
+                reason = s.message(),
+                "certificate refused: caller not authenticated"
+            );
         })?;
         let req = request.into_inner();
         let impersonate = req
@@ -52,6 +55,8 @@ impl IstioCertificateService for CaService {
             .map_err(|e| Status::invalid_argument(e.to_string()))
             .inspect_err(|s| tracing::warn!(caller = %claims.subject, reason = s.message(), "certificate refused"))?;
         tracing::info!(caller = %claims.subject, %identity, ttl_secs = ttl.as_secs(), "issued certificate");
-        Ok(Response::new(IstioCertificateResponse { cert_chain: issued.chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: issued.chain,
+        }))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spar_model::{Kind, Problem, Resource, ResourceKey};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 use crate::registry::{MeshSettings, Registry};
 use crate::snapshot::Snapshot;
@@ -33,7 +33,12 @@ pub struct ConfigState {
 }
 
 impl ConfigState {
-    pub fn new(mesh: MeshSettings, dir: Option<PathBuf>, dir_resources: Vec<Resource>, store: Store) -> Arc<Self> {
+    pub fn new(
+        mesh: MeshSettings,
+        dir: Option<PathBuf>,
+        dir_resources: Vec<Resource>,
+        store: Store,
+    ) -> Arc<Self> {
         let state = ConfigState {
             mesh,
             dir,
@@ -68,7 +73,10 @@ impl ConfigState {
 
     fn publish(&self) {
         let mut merged: std::collections::BTreeMap<ResourceKey, Resource> =
-            lock(&self.dir_resources).iter().map(|r| (r.key(), r.clone())).collect();
+            lock(&self.dir_resources)
+                .iter()
+                .map(|r| (r.key(), r.clone()))
+                .collect();
         // Applied resources win over files: `spar apply` is the later, explicit intent.
         for r in self.store.all() {
             merged.insert(r.key(), r);
@@ -100,7 +108,11 @@ impl ConfigState {
             }
             last = now;
             let loaded = spar_model::load_paths(&[&dir]);
-            for p in loaded.problems.iter().filter(|p| p.severity == spar_model::Severity::Warning) {
+            for p in loaded
+                .problems
+                .iter()
+                .filter(|p| p.severity == spar_model::Severity::Warning)
+            {
                 tracing::warn!("{p}");
             }
             if loaded.has_errors() {
@@ -118,7 +130,11 @@ impl ConfigState {
     }
 
     /// Validate and store YAML from `spar apply`. All or nothing: any error rejects it all.
-    pub fn apply(&self, source: &str, text: &str) -> Result<Vec<(String, Vec<Problem>)>, Vec<Problem>> {
+    pub fn apply(
+        &self,
+        source: &str,
+        text: &str,
+    ) -> Result<Vec<(String, Vec<Problem>)>, Vec<Problem>> {
         let loaded = spar_model::load_str(source, text);
         if loaded.has_errors() {
             return Err(loaded.problems);
@@ -126,8 +142,12 @@ impl ConfigState {
         let mut done = Vec::new();
         for (r, _) in loaded.resources {
             let key = r.key();
-            let warnings: Vec<Problem> =
-                loaded.problems.iter().filter(|p| p.resource == format!("{}/{}", r.kind, r.name())).cloned().collect();
+            let warnings: Vec<Problem> = loaded
+                .problems
+                .iter()
+                .filter(|p| p.resource == format!("{}/{}", r.kind, r.name()))
+                .cloned()
+                .collect();
             if let Err(e) = self.store.put(r) {
                 return Err(vec![internal(source, &e.to_string())]);
             }
@@ -139,14 +159,39 @@ impl ConfigState {
 
     /// Delete what `text` names (kind, namespace, name); only applied resources can be deleted.
     pub fn delete(&self, source: &str, text: &str) -> Result<Vec<String>, Vec<Problem>> {
-        let docs = spar_model::yaml::parse_documents(text)
-            .map_err(|e| vec![Problem { line: e.line, ..internal(source, &e.message) }])?;
+        let docs = spar_model::yaml::parse_documents(text).map_err(|e| {
+            vec![Problem {
+                line: e.line,
+                ..internal(source, &e.message)
+            }]
+        })?;
         let mut keys = Vec::new();
         for d in &docs {
-            let s = |p: &str| d.value.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let kind = Kind::lookup(&s("/apiVersion"), &s("/kind")).map_err(|m| vec![Problem { line: d.line, ..internal(source, &m) }])?;
-            let ns = if kind.namespaced() { Some(s("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or("default".into()) } else { String::new() };
-            keys.push(ResourceKey { kind, namespace: ns, name: s("/metadata/name") });
+            let s = |p: &str| {
+                d.value
+                    .pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let kind = Kind::lookup(&s("/apiVersion"), &s("/kind")).map_err(|m| {
+                vec![Problem {
+                    line: d.line,
+                    ..internal(source, &m)
+                }]
+            })?;
+            let ns = if kind.namespaced() {
+                Some(s("/metadata/namespace"))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("default".into())
+            } else {
+                String::new()
+            };
+            keys.push(ResourceKey {
+                kind,
+                namespace: ns,
+                name: s("/metadata/name"),
+            });
         }
         let in_dir = |k: &ResourceKey| lock(&self.dir_resources).iter().any(|r| &r.key() == k);
         let mut done = Vec::new();
@@ -154,7 +199,12 @@ impl ConfigState {
             match self.store.delete(&k) {
                 Ok(true) => done.push(k.to_string()),
                 Ok(false) if in_dir(&k) => {
-                    return Err(vec![internal(source, &format!("{k} comes from the config directory; remove it from the files there"))]);
+                    return Err(vec![internal(
+                        source,
+                        &format!(
+                            "{k} comes from the config directory; remove it from the files there"
+                        ),
+                    )]);
                 }
                 Ok(false) => return Err(vec![internal(source, &format!("{k} not found"))]),
                 Err(e) => return Err(vec![internal(source, &e.to_string())]),

@@ -35,7 +35,10 @@ impl TypeState {
             sent: req.initial_resource_versions.clone().into_iter().collect(),
             ..Default::default()
         };
-        s.subscribe(&req.resource_names_subscribe, &req.resource_names_unsubscribe);
+        s.subscribe(
+            &req.resource_names_subscribe,
+            &req.resource_names_unsubscribe,
+        );
         s
     }
 
@@ -99,12 +102,14 @@ impl TypeState {
         }
         // Explicitly subscribed names that do not exist are reported as removed, once.
         for n in &self.names {
-            if !current.contains_key(n) && !delta.removed.contains(n) && !self.sent.contains_key(n) {
+            if !current.contains_key(n) && !delta.removed.contains(n) && !self.sent.contains_key(n)
+            {
                 delta.removed.push(n.clone());
                 self.sent.insert(n.clone(), String::new());
             }
         }
-        self.sent.retain(|n, v| !v.is_empty() || current.contains_key(n) || self.names.contains(n));
+        self.sent
+            .retain(|n, v| !v.is_empty() || current.contains_key(n) || self.names.contains(n));
         delta
     }
 }
@@ -116,7 +121,18 @@ mod tests {
     fn res(pairs: &[(&str, &str)]) -> Resources {
         pairs
             .iter()
-            .map(|(n, v)| (n.to_string(), (v.to_string(), Any { type_url: "t".into(), value: v.as_bytes().to_vec() })))
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    (
+                        v.to_string(),
+                        Any {
+                            type_url: "t".into(),
+                            value: v.as_bytes().to_vec(),
+                        },
+                    ),
+                )
+            })
             .collect()
     }
 
@@ -141,9 +157,12 @@ mod tests {
     #[test]
     fn initial_versions_skip_what_the_client_has() {
         let req = DeltaDiscoveryRequest {
-            initial_resource_versions: [("a".to_string(), "1".to_string()), ("gone".to_string(), "1".to_string())]
-                .into_iter()
-                .collect(),
+            initial_resource_versions: [
+                ("a".to_string(), "1".to_string()),
+                ("gone".to_string(), "1".to_string()),
+            ]
+            .into_iter()
+            .collect(),
             ..Default::default()
         };
         let mut s = TypeState::first(&req);
@@ -154,7 +173,10 @@ mod tests {
 
     #[test]
     fn named_subscriptions() {
-        let req = DeltaDiscoveryRequest { resource_names_subscribe: vec!["a".into(), "x".into()], ..Default::default() };
+        let req = DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["a".into(), "x".into()],
+            ..Default::default()
+        };
         let mut s = TypeState::first(&req);
         assert!(!s.wildcard);
         let d = s.diff(&res(&[("a", "1"), ("b", "1")]));

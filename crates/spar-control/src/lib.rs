@@ -15,4 +15,4 @@ pub mod translate;
 pub mod xds_server;
 
 pub use error::Error;
-pub use server::{start, Options, Running};
+pub use server::{Options, Running, start};

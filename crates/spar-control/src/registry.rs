@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use spar_model::k8s::{PodSpec, PodStatus, ServiceSpec};
-use spar_model::{labels_match, Kind, Labels, Resource, ResourceKey, Spec};
+use spar_model::{Kind, Labels, Resource, ResourceKey, Spec, labels_match};
 
 /// Mesh-wide settings that scope translation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,12 @@ pub struct MeshSettings {
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        MeshSettings { trust_domain: "cluster.local".into(), root_namespace: "istio-system".into(), cluster_id: "Kubernetes".into(), domain_suffix: "cluster.local".into() }
+        MeshSettings {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            cluster_id: "Kubernetes".into(),
+            domain_suffix: "cluster.local".into(),
+        }
     }
 }
 
@@ -55,7 +60,11 @@ impl Pod<'_> {
     }
     /// Ready unless the box said otherwise; a pod that failed or finished is not.
     pub fn ready(&self) -> bool {
-        self.status.ready.unwrap_or(true) && !matches!(self.status.phase.as_deref(), Some("Failed" | "Succeeded" | "Pending"))
+        self.status.ready.unwrap_or(true)
+            && !matches!(
+                self.status.phase.as_deref(),
+                Some("Failed" | "Succeeded" | "Pending")
+            )
     }
 }
 
@@ -67,7 +76,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(mesh: MeshSettings, resources: impl IntoIterator<Item = Resource>) -> Self {
-        Registry { mesh, resources: resources.into_iter().map(|r| (r.key(), r)).collect() }
+        Registry {
+            mesh,
+            resources: resources.into_iter().map(|r| (r.key(), r)).collect(),
+        }
     }
 
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
@@ -84,8 +96,12 @@ impl Registry {
 
     /// Labels of a namespace (empty when no Namespace object exists).
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
-        self.get(&ResourceKey { kind: Kind::Namespace, namespace: String::new(), name: ns.to_string() })
-            .map(|r| &r.meta.labels)
+        self.get(&ResourceKey {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: ns.to_string(),
+        })
+        .map(|r| &r.meta.labels)
     }
 
     pub fn pods(&self) -> impl Iterator<Item = Pod<'_>> {
@@ -104,7 +120,8 @@ impl Registry {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod<'_>> {
-        self.pods().find(|p| p.namespace == namespace && p.name == name)
+        self.pods()
+            .find(|p| p.namespace == namespace && p.name == name)
     }
 
     pub fn services(&self) -> impl Iterator<Item = (&Resource, &ServiceSpec)> {
@@ -115,9 +132,15 @@ impl Registry {
     }
 
     /// Pods selected by a Service (same namespace, selector labels); none for selector-less.
-    pub fn endpoints<'a>(&'a self, svc: &'a Resource, spec: &'a ServiceSpec) -> impl Iterator<Item = Pod<'a>> + 'a {
+    pub fn endpoints<'a>(
+        &'a self,
+        svc: &'a Resource,
+        spec: &'a ServiceSpec,
+    ) -> impl Iterator<Item = Pod<'a>> + 'a {
         self.pods().filter(move |p| {
-            !spec.selector.is_empty() && p.namespace == svc.namespace() && labels_match(&spec.selector, p.labels)
+            !spec.selector.is_empty()
+                && p.namespace == svc.namespace()
+                && labels_match(&spec.selector, p.labels)
         })
     }
 
@@ -129,10 +152,14 @@ impl Registry {
             l.and_then(|l| l.get(k)).map(String::as_str)
         }
         let pod_inject = get(Some(pod.labels), "sidecar.istio.io/inject");
-        if pod_inject == Some("true") || (get(ns, "istio-injection") == Some("enabled") && pod_inject != Some("false")) {
+        if pod_inject == Some("true")
+            || (get(ns, "istio-injection") == Some("enabled") && pod_inject != Some("false"))
+        {
             return DataplaneMode::Sidecar;
         }
-        match get(Some(pod.labels), "istio.io/dataplane-mode").or(get(ns, "istio.io/dataplane-mode")) {
+        match get(Some(pod.labels), "istio.io/dataplane-mode")
+            .or(get(ns, "istio.io/dataplane-mode"))
+        {
             Some("ambient") => DataplaneMode::Ambient,
             _ => DataplaneMode::None,
         }
@@ -140,6 +167,7 @@ impl Registry {
 
     /// True when `ns` holds at least one pod scheduled on `node`.
     pub fn namespace_on_node(&self, ns: &str, node: &str) -> bool {
-        self.pods().any(|p| p.namespace == ns && p.node() == Some(node))
+        self.pods()
+            .any(|p| p.namespace == ns && p.node() == Some(node))
     }
 }

@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
 
-use crate::admin::{router, AdminState};
+use crate::Error;
+use crate::admin::{AdminState, router};
 use crate::ca_server::CaService;
 use crate::config::ConfigState;
 use crate::registry::MeshSettings;
 use crate::store::Store;
 use crate::xds_server::{Proxies, XdsService};
-use crate::Error;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -101,20 +101,31 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             let loaded = spar_model::load_paths(&[dir]);
             if loaded.has_errors() {
                 let problems: Vec<String> = loaded.errors().map(|p| p.to_string()).collect();
-                return Err(Error::InvalidConfig { dir: dir.clone(), problems: problems.join("\n") });
+                return Err(Error::InvalidConfig {
+                    dir: dir.clone(),
+                    problems: problems.join("\n"),
+                });
             }
             loaded.resources.into_iter().map(|(r, _)| r).collect()
         }
         None => Vec::new(),
     };
     let store = Store::open(&opts.state_dir.join("applied"))?;
-    let config = ConfigState::new(opts.mesh.clone(), opts.config_dir.clone(), dir_resources, store);
+    let config = ConfigState::new(
+        opts.mesh.clone(),
+        opts.config_dir.clone(),
+        dir_resources,
+        store,
+    );
     let proxies: Proxies = Arc::new(Mutex::new(BTreeMap::new()));
 
     // The server certificate: localhost, the listen address and whatever the operator adds.
     let mut dns: Vec<&str> = vec!["localhost", "spar-control", "istiod.istio-system.svc"];
     dns.extend(opts.server_dns.iter().map(String::as_str));
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
     ips.extend(opts.server_ips.iter().copied());
     if !opts.grpc_addr.ip().is_unspecified() && !ips.contains(&opts.grpc_addr.ip()) {
         ips.push(opts.grpc_addr.ip());
@@ -123,12 +134,24 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
 
     let grpc = TcpListener::bind(opts.grpc_addr)
         .await
-        .map_err(|source| Error::Listen { addr: opts.grpc_addr.to_string(), source })?;
+        .map_err(|source| Error::Listen {
+            addr: opts.grpc_addr.to_string(),
+            source,
+        })?;
     let admin = TcpListener::bind(opts.admin_addr)
         .await
-        .map_err(|source| Error::Listen { addr: opts.admin_addr.to_string(), source })?;
-    let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen { addr: opts.grpc_addr.to_string(), source })?;
-    let admin_addr = admin.local_addr().map_err(|source| Error::Listen { addr: opts.admin_addr.to_string(), source })?;
+        .map_err(|source| Error::Listen {
+            addr: opts.admin_addr.to_string(),
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| Error::Listen {
+        addr: opts.grpc_addr.to_string(),
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| Error::Listen {
+        addr: opts.admin_addr.to_string(),
+        source,
+    })?;
 
     let xds = XdsService::new(tokens.clone(), config.clone(), proxies.clone());
     let ca_svc = CaService {
@@ -150,7 +173,12 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
-    let admin_state = AdminState { config: config.clone(), proxies, tokens: tokens.clone(), root_pem: ca.root_pem().to_string() };
+    let admin_state = AdminState {
+        config: config.clone(),
+        proxies,
+        tokens: tokens.clone(),
+        root_pem: ca.root_pem().to_string(),
+    };
     let admin_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, router(admin_state)).await {
             tracing::error!(error = %e, "admin server stopped");
@@ -163,5 +191,12 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         grpc_task,
     ];
     tracing::info!(%grpc_addr, %admin_addr, trust_domain = %opts.mesh.trust_domain, "control plane ready");
-    Ok(Running { grpc_addr, admin_addr, root_pem: ca.root_pem().to_string(), config, tokens, tasks })
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        root_pem: ca.root_pem().to_string(),
+        config,
+        tokens,
+        tasks,
+    })
 }

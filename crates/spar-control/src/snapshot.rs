@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::registry::Registry;
-use crate::translate::{translate, Translated};
+use crate::translate::{Translated, translate};
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -17,6 +17,10 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(generation: u64, registry: Registry) -> Arc<Snapshot> {
         let translated = translate(&registry);
-        Arc::new(Snapshot { generation, registry, translated })
+        Arc::new(Snapshot {
+            generation,
+            registry,
+            translated,
+        })
     }
 }

@@ -18,18 +18,33 @@ pub struct Store {
 impl Store {
     /// Open (and read back) the store in `dir`. Files that no longer load are reported and skipped.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::State { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::State {
+            path: dir.into(),
+            source,
+        })?;
         let loaded = spar_model::load_paths(&[dir]);
         for p in loaded.errors() {
             tracing::warn!(problem = %p, "skipping stored resource that no longer loads");
         }
-        let items = loaded.resources.into_iter().map(|(r, _)| (r.key(), r)).collect();
-        Ok(Store { dir: dir.into(), items: Mutex::new(items) })
+        let items = loaded
+            .resources
+            .into_iter()
+            .map(|(r, _)| (r.key(), r))
+            .collect();
+        Ok(Store {
+            dir: dir.into(),
+            items: Mutex::new(items),
+        })
     }
 
     fn path(&self, key: &ResourceKey) -> PathBuf {
-        let ns = if key.namespace.is_empty() { "_" } else { &key.namespace };
-        self.dir.join(format!("{}.{}.{}.json", key.kind.name(), ns, key.name))
+        let ns = if key.namespace.is_empty() {
+            "_"
+        } else {
+            &key.namespace
+        };
+        self.dir
+            .join(format!("{}.{}.{}.json", key.kind.name(), ns, key.name))
     }
 
     pub fn put(&self, r: Resource) -> Result<(), Error> {
@@ -40,7 +55,10 @@ impl Store {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| Error::State { path: path.clone(), source })?;
+            .map_err(|source| Error::State {
+                path: path.clone(),
+                source,
+            })?;
         self.lock().insert(key, r);
         Ok(())
     }

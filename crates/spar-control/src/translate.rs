@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use spar_model::istio::security::{AuthorizationPolicy, PeerAuthentication, Rule as ApRule};
 use spar_model::k8s::{IntOrString, ServiceSpec};
-use spar_model::{labels_match, Kind, Resource, Spec};
+use spar_model::{Kind, Resource, Spec, labels_match};
 use spar_xds::security::{self as xsec, string_match::MatchType};
 use spar_xds::workload::{self as xw};
 
@@ -58,16 +58,29 @@ pub fn translate(reg: &Registry) -> Translated {
             w.authorization_policies.push(key.clone());
             policies.insert(key, pa);
         }
-        addresses.insert(w.uid.clone(), xw::Address { r#type: Some(xw::address::Type::Workload(w)) });
+        addresses.insert(
+            w.uid.clone(),
+            xw::Address {
+                r#type: Some(xw::address::Type::Workload(w)),
+            },
+        );
     }
     for (r, spec) in reg.services() {
         let s = service(reg, r, spec);
-        addresses.insert(format!("{}/{}", s.namespace, s.hostname), xw::Address { r#type: Some(xw::address::Type::Service(s)) });
+        addresses.insert(
+            format!("{}/{}", s.namespace, s.hostname),
+            xw::Address {
+                r#type: Some(xw::address::Type::Service(s)),
+            },
+        );
     }
     for (name, a) in service_entries(reg) {
         addresses.insert(name, a);
     }
-    Translated { addresses, authorizations: policies }
+    Translated {
+        addresses,
+        authorizations: policies,
+    }
 }
 
 /// The config of one proxy: all addresses, and the policies relevant to the pods it serves.
@@ -94,7 +107,10 @@ pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> Proxy
         })
         .map(|(k, a)| (k.clone(), a.clone()))
         .collect();
-    ProxyConfig { addresses: all.addresses.clone(), authorizations }
+    ProxyConfig {
+        addresses: all.addresses.clone(),
+        authorizations,
+    }
 }
 
 fn workload_of<'a>(all: &'a Translated, reg: &Registry, p: &Pod<'_>) -> Option<&'a xw::Workload> {
@@ -120,10 +136,14 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
                 .map(|sp| xw::Port {
                     service_port: sp.port,
                     target_port: target_port(p, sp.target_port.as_ref(), sp.port),
-                    app_protocol: app_protocol(sp.app_protocol.as_deref(), sp.name.as_deref()) as i32,
+                    app_protocol: app_protocol(sp.app_protocol.as_deref(), sp.name.as_deref())
+                        as i32,
                 })
                 .collect();
-            services.insert(format!("{}/{}", r.namespace(), service_host(reg, r)), xw::PortList { ports });
+            services.insert(
+                format!("{}/{}", r.namespace(), service_host(reg, r)),
+                xw::PortList { ports },
+            );
         }
     }
     let authorization_policies = reg
@@ -133,7 +153,8 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
             _ => None,
         })
         .filter(|(r, sel)| {
-            (r.namespace() == p.namespace || r.namespace() == reg.mesh.root_namespace) && labels_match(&sel.match_labels, p.labels)
+            (r.namespace() == p.namespace || r.namespace() == reg.mesh.root_namespace)
+                && labels_match(&sel.match_labels, p.labels)
         })
         .map(|(r, _)| format!("{}/{}", r.namespace(), r.name()))
         .collect();
@@ -142,20 +163,36 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
         name: p.name.to_string(),
         namespace: p.namespace.to_string(),
         addresses: p.ip.map(spar_xds::ip_bytes).into_iter().collect(),
-        tunnel_protocol: if mode == DataplaneMode::None { xw::TunnelProtocol::None } else { xw::TunnelProtocol::Hbone } as i32,
+        tunnel_protocol: if mode == DataplaneMode::None {
+            xw::TunnelProtocol::None
+        } else {
+            xw::TunnelProtocol::Hbone
+        } as i32,
         trust_domain: reg.mesh.trust_domain.clone(),
         service_account: p.service_account().to_string(),
         node: p.node().unwrap_or_default().to_string(),
-        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
-            .unwrap_or_else(|| p.name.to_string()),
-        canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
-            .unwrap_or_else(|| "latest".into()),
+        canonical_name: label(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ])
+        .unwrap_or_else(|| p.name.to_string()),
+        canonical_revision: label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".into()),
         workload_type: xw::WorkloadType::Deployment as i32,
         workload_name: label(&["spar.io/deployment"]).unwrap_or_else(|| deployment_name(p.name)),
         native_tunnel: mode == DataplaneMode::Sidecar,
         services,
         authorization_policies,
-        status: if p.ready() { xw::WorkloadStatus::Healthy } else { xw::WorkloadStatus::Unhealthy } as i32,
+        status: if p.ready() {
+            xw::WorkloadStatus::Healthy
+        } else {
+            xw::WorkloadStatus::Unhealthy
+        } as i32,
         cluster_id: reg.mesh.cluster_id.clone(),
         ..Default::default()
     }
@@ -164,7 +201,11 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
 /// `reviews-v1-7d9f8-abcde` -> `reviews-v1` (Kubernetes' ReplicaSet naming), else the name.
 fn deployment_name(pod: &str) -> String {
     let parts: Vec<&str> = pod.rsplitn(3, '-').collect();
-    if parts.len() == 3 { parts[2].to_string() } else { pod.to_string() }
+    if parts.len() == 3 {
+        parts[2].to_string()
+    } else {
+        pod.to_string()
+    }
 }
 
 fn target_port(p: &Pod<'_>, target: Option<&IntOrString>, port: u32) -> u32 {
@@ -196,14 +237,26 @@ pub fn app_protocol(app: Option<&str>, name: Option<&str>) -> xw::AppProtocol {
 }
 
 pub fn service_host(reg: &Registry, r: &Resource) -> String {
-    format!("{}.{}.svc.{}", r.name(), r.namespace(), reg.mesh.domain_suffix)
+    format!(
+        "{}.{}.svc.{}",
+        r.name(),
+        r.namespace(),
+        reg.mesh.domain_suffix
+    )
 }
 
 fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
-    let vips = spec.cluster_ips.iter().chain(spec.cluster_ip.iter()).filter_map(|s| s.parse::<IpAddr>().ok());
+    let vips = spec
+        .cluster_ips
+        .iter()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|s| s.parse::<IpAddr>().ok());
     let mut addresses: Vec<xw::NetworkAddress> = Vec::new();
     for ip in vips {
-        let a = xw::NetworkAddress { network: String::new(), address: spar_xds::ip_bytes(ip) };
+        let a = xw::NetworkAddress {
+            network: String::new(),
+            address: spar_xds::ip_bytes(ip),
+        };
         if !addresses.contains(&a) {
             addresses.push(a);
         }
@@ -235,7 +288,9 @@ fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
 fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
     let mut out = Vec::new();
     for r in reg.of_kind(Kind::ServiceEntry) {
-        let Spec::ServiceEntry(se) = &r.spec else { continue };
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
         let ns = r.namespace();
         let ports: Vec<xw::Port> = se
             .ports
@@ -250,7 +305,10 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
             .addresses
             .iter()
             .filter_map(|a| a.parse::<IpAddr>().ok())
-            .map(|ip| xw::NetworkAddress { network: String::new(), address: spar_xds::ip_bytes(ip) })
+            .map(|ip| xw::NetworkAddress {
+                network: String::new(),
+                address: spar_xds::ip_bytes(ip),
+            })
             .collect();
         for host in &se.hosts {
             let s = xw::Service {
@@ -262,11 +320,22 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
                 subject_alt_names: se.subject_alt_names.clone(),
                 ..Default::default()
             };
-            out.push((format!("{ns}/{host}"), xw::Address { r#type: Some(xw::address::Type::Service(s)) }));
+            out.push((
+                format!("{ns}/{host}"),
+                xw::Address {
+                    r#type: Some(xw::address::Type::Service(s)),
+                },
+            ));
         }
         for (i, ep) in se.endpoints.iter().enumerate() {
-            let Some(ip) = ep.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
-            let uid = format!("{}/networking.istio.io/ServiceEntry/{ns}/{}/{i}", reg.mesh.cluster_id, r.name());
+            let Some(ip) = ep.address.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let uid = format!(
+                "{}/networking.istio.io/ServiceEntry/{ns}/{}/{i}",
+                reg.mesh.cluster_id,
+                r.name()
+            );
             let services = se
                 .hosts
                 .iter()
@@ -274,7 +343,10 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
                     let ports = ports
                         .iter()
                         .zip(&se.ports)
-                        .map(|(p, sp)| xw::Port { target_port: ep.ports.get(&sp.name).copied().unwrap_or(p.target_port), ..p.clone() })
+                        .map(|(p, sp)| xw::Port {
+                            target_port: ep.ports.get(&sp.name).copied().unwrap_or(p.target_port),
+                            ..*p
+                        })
                         .collect();
                     (format!("{ns}/{h}"), xw::PortList { ports })
                 })
@@ -285,7 +357,10 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
                 namespace: ns.to_string(),
                 addresses: vec![spar_xds::ip_bytes(ip)],
                 trust_domain: reg.mesh.trust_domain.clone(),
-                service_account: ep.service_account.clone().unwrap_or_else(|| "default".into()),
+                service_account: ep
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 canonical_name: r.name().to_string(),
                 canonical_revision: "latest".into(),
                 workload_name: r.name().to_string(),
@@ -293,7 +368,12 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
                 cluster_id: reg.mesh.cluster_id.clone(),
                 ..Default::default()
             };
-            out.push((uid, xw::Address { r#type: Some(xw::address::Type::Workload(w)) }));
+            out.push((
+                uid,
+                xw::Address {
+                    r#type: Some(xw::address::Type::Workload(w)),
+                },
+            ));
         }
     }
     out
@@ -302,7 +382,11 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
 /// An AuthorizationPolicy as an L4 Authorization for node proxies, or None when it does not
 /// apply at L4: AUDIT (logging only), CUSTOM (needs an L7 proxy) and targetRef policies
 /// (bound to a waypoint or gateway).
-pub fn authorization(reg: &Registry, r: &Resource, ap: &AuthorizationPolicy) -> Option<xsec::Authorization> {
+pub fn authorization(
+    reg: &Registry,
+    r: &Resource,
+    ap: &AuthorizationPolicy,
+) -> Option<xsec::Authorization> {
     if ap.target_ref.is_some() || !ap.target_refs.is_empty() {
         return None;
     }
@@ -318,7 +402,11 @@ pub fn authorization(reg: &Registry, r: &Resource, ap: &AuthorizationPolicy) -> 
     } else {
         xsec::Scope::Namespace
     };
-    let rules = ap.rules.iter().filter_map(|rule| l4_rule(rule, action)).collect();
+    let rules = ap
+        .rules
+        .iter()
+        .filter_map(|rule| l4_rule(rule, action))
+        .collect();
     Some(xsec::Authorization {
         name: r.name().to_string(),
         namespace: r.namespace().to_string(),
@@ -373,12 +461,23 @@ fn l4_rule(rule: &ApRule, action: xsec::Action) -> Option<xsec::Rule> {
             .iter()
             .map(|t| {
                 let o = &t.operation;
-                has_l7 |= [&o.hosts, &o.not_hosts, &o.methods, &o.not_methods, &o.paths, &o.not_paths]
-                    .iter()
-                    .any(|l| !l.is_empty());
+                has_l7 |= [
+                    &o.hosts,
+                    &o.not_hosts,
+                    &o.methods,
+                    &o.not_methods,
+                    &o.paths,
+                    &o.not_paths,
+                ]
+                .iter()
+                .any(|l| !l.is_empty());
                 xsec::Match {
                     destination_ports: o.ports.iter().filter_map(|p| p.parse().ok()).collect(),
-                    not_destination_ports: o.not_ports.iter().filter_map(|p| p.parse().ok()).collect(),
+                    not_destination_ports: o
+                        .not_ports
+                        .iter()
+                        .filter_map(|p| p.parse().ok())
+                        .collect(),
                     ..Default::default()
                 }
             })
@@ -387,7 +486,11 @@ fn l4_rule(rule: &ApRule, action: xsec::Action) -> Option<xsec::Rule> {
     }
     for c in &rule.when {
         let mut m = xsec::Match::default();
-        let ports = |v: &Vec<String>| v.iter().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
+        let ports = |v: &Vec<String>| {
+            v.iter()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        };
         let strs = |v: &Vec<String>| v.iter().map(|x| sm(x)).collect::<Vec<_>>();
         match c.key.as_str() {
             "source.ip" | "remote.ip" => {
@@ -434,17 +537,27 @@ fn sm(s: &str) -> xsec::StringMatch {
     } else {
         MatchType::Exact(s.to_string())
     };
-    xsec::StringMatch { match_type: Some(m) }
+    xsec::StringMatch {
+        match_type: Some(m),
+    }
 }
 
 fn sm_suffix(s: &str) -> xsec::StringMatch {
-    xsec::StringMatch { match_type: Some(MatchType::Suffix(s.to_string())) }
+    xsec::StringMatch {
+        match_type: Some(MatchType::Suffix(s.to_string())),
+    }
 }
 
 fn cidrs<'a>(list: impl Iterator<Item = &'a String>) -> Vec<xsec::Address> {
     list.filter_map(|s| {
-        let net: IpNet = s.parse().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
-        Some(xsec::Address { address: spar_xds::ip_bytes(net.network()), length: u32::from(net.prefix_len()) })
+        let net: IpNet = s
+            .parse()
+            .ok()
+            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+        Some(xsec::Address {
+            address: spar_xds::ip_bytes(net.network()),
+            length: u32::from(net.prefix_len()),
+        })
     })
     .collect()
 }
@@ -459,17 +572,28 @@ pub fn effective_mtls(reg: &Registry, pod: &Pod<'_>) -> (String, BTreeMap<u32, S
             _ => None,
         })
         .collect();
-    let level = |pred: &dyn Fn(&Resource, &PeerAuthentication) -> bool| pas.iter().find(|(r, pa)| pred(r, pa)).map(|(_, pa)| *pa);
+    let level = |pred: &dyn Fn(&Resource, &PeerAuthentication) -> bool| {
+        pas.iter().find(|(r, pa)| pred(r, pa)).map(|(_, pa)| *pa)
+    };
     let mesh = level(&|r, pa| r.namespace() == reg.mesh.root_namespace && pa.selector.is_none());
     let ns = level(&|r, pa| r.namespace() == pod.namespace && pa.selector.is_none());
     let wl = level(&|r, pa| {
-        r.namespace() == pod.namespace && pa.selector.as_ref().is_some_and(|s| labels_match(&s.match_labels, pod.labels))
+        r.namespace() == pod.namespace
+            && pa
+                .selector
+                .as_ref()
+                .is_some_and(|s| labels_match(&s.match_labels, pod.labels))
     });
     let mode_of = |pa: Option<&PeerAuthentication>| {
-        pa.and_then(|p| p.mtls.as_ref()).and_then(|m| m.mode.clone()).filter(|m| m != "UNSET")
+        pa.and_then(|p| p.mtls.as_ref())
+            .and_then(|m| m.mode.clone())
+            .filter(|m| m != "UNSET")
     };
     let mut mode = "PERMISSIVE".to_string();
-    for m in [mode_of(mesh), mode_of(ns), mode_of(wl)].into_iter().flatten() {
+    for m in [mode_of(mesh), mode_of(ns), mode_of(wl)]
+        .into_iter()
+        .flatten()
+    {
         mode = m;
     }
     let ports = wl
@@ -487,26 +611,42 @@ pub fn effective_mtls(reg: &Registry, pod: &Pod<'_>) -> (String, BTreeMap<u32, S
 /// (no peer identity) on the ports where the effective mode is STRICT; None when none are.
 pub fn peer_authentication_policy(reg: &Registry, pod: &Pod<'_>) -> Option<xsec::Authorization> {
     let (mode, ports) = effective_mtls(reg, pod);
-    let no_identity = vec![xsec::StringMatch { match_type: Some(MatchType::Presence(())) }];
+    let no_identity = vec![xsec::StringMatch {
+        match_type: Some(MatchType::Presence(())),
+    }];
     let m = if mode == "STRICT" {
         xsec::Match {
             not_principals: no_identity,
-            not_destination_ports: ports.iter().filter(|(_, m)| *m != "STRICT").map(|(p, _)| *p).collect(),
+            not_destination_ports: ports
+                .iter()
+                .filter(|(_, m)| *m != "STRICT")
+                .map(|(p, _)| *p)
+                .collect(),
             ..Default::default()
         }
     } else {
-        let strict: Vec<u32> = ports.iter().filter(|(_, m)| *m == "STRICT").map(|(p, _)| *p).collect();
+        let strict: Vec<u32> = ports
+            .iter()
+            .filter(|(_, m)| *m == "STRICT")
+            .map(|(p, _)| *p)
+            .collect();
         if strict.is_empty() {
             return None;
         }
-        xsec::Match { not_principals: no_identity, destination_ports: strict, ..Default::default() }
+        xsec::Match {
+            not_principals: no_identity,
+            destination_ports: strict,
+            ..Default::default()
+        }
     };
     Some(xsec::Authorization {
         name: format!("spar-peer-authentication-{}", pod.name),
         namespace: pod.namespace.to_string(),
         scope: xsec::Scope::WorkloadSelector as i32,
         action: xsec::Action::Deny as i32,
-        rules: vec![xsec::Rule { clauses: vec![xsec::Clause { matches: vec![m] }] }],
+        rules: vec![xsec::Rule {
+            clauses: vec![xsec::Clause { matches: vec![m] }],
+        }],
         dry_run: false,
     })
 }
@@ -537,16 +677,24 @@ status: {podIP: 10.0.2.1}
     fn reg(extra: &str) -> Registry {
         let l = spar_model::load_str("t", &format!("{BASE}---\n{extra}"));
         assert!(!l.has_errors(), "{:?}", l.problems);
-        Registry::new(MeshSettings::default(), l.resources.into_iter().map(|(r, _)| r))
+        Registry::new(
+            MeshSettings::default(),
+            l.resources.into_iter().map(|(r, _)| r),
+        )
     }
 
     fn policy_names(reg: &Registry, view: ProxyView) -> Vec<String> {
         let all = translate(reg);
-        proxy_config(reg, &all, &view).authorizations.into_keys().collect()
+        proxy_config(reg, &all, &view)
+            .authorizations
+            .into_keys()
+            .collect()
     }
 
     fn ap(name: &str, ns: &str, spec: &str) -> String {
-        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n")
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n"
+        )
     }
 
     #[test]
@@ -557,18 +705,45 @@ status: {podIP: 10.0.2.1}
             ap("ns-b", "b", "{}"),
             ap("sel-a", "a", "{selector: {matchLabels: {app: web}}}"),
             ap("sel-a-miss", "a", "{selector: {matchLabels: {app: db}}}"),
-            ap("root-sel", "istio-system", "{selector: {matchLabels: {app: web}}}"),
+            ap(
+                "root-sel",
+                "istio-system",
+                "{selector: {matchLabels: {app: web}}}",
+            ),
             ap("audit", "a", "{action: AUDIT}"),
-            ap("waypoint", "a", "{targetRefs: [{kind: Service, group: '', name: web}]}"),
+            ap(
+                "waypoint",
+                "a",
+                "{targetRefs: [{kind: Service, group: '', name: web}]}",
+            ),
         ]
         .concat());
         let cases = [
-            (ProxyView::Node("n1".into()), vec!["a/ns-a", "a/sel-a", "istio-system/mesh", "istio-system/root-sel"]),
-            (ProxyView::Node("n2".into()), vec!["b/ns-b", "istio-system/mesh", "istio-system/root-sel"]),
+            (
+                ProxyView::Node("n1".into()),
+                vec![
+                    "a/ns-a",
+                    "a/sel-a",
+                    "istio-system/mesh",
+                    "istio-system/root-sel",
+                ],
+            ),
+            (
+                ProxyView::Node("n2".into()),
+                vec!["b/ns-b", "istio-system/mesh", "istio-system/root-sel"],
+            ),
             (ProxyView::Node("empty".into()), vec!["istio-system/mesh"]),
             (
-                ProxyView::Workload { namespace: "a".into(), name: "a1".into() },
-                vec!["a/ns-a", "a/sel-a", "istio-system/mesh", "istio-system/root-sel"],
+                ProxyView::Workload {
+                    namespace: "a".into(),
+                    name: "a1".into(),
+                },
+                vec![
+                    "a/ns-a",
+                    "a/sel-a",
+                    "istio-system/mesh",
+                    "istio-system/root-sel",
+                ],
             ),
         ];
         for (view, want) in cases {
@@ -578,16 +753,38 @@ status: {podIP: 10.0.2.1}
 
     #[test]
     fn workloads_and_services_and_modes() {
-        let r = reg("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {selector: {app: web}, clusterIP: 10.96.0.1, ports: [{name: grpc-api, port: 80, targetPort: 9090}]}\n");
+        let r = reg(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {selector: {app: web}, clusterIP: 10.96.0.1, ports: [{name: grpc-api, port: 80, targetPort: 9090}]}\n",
+        );
         let all = translate(&r);
-        let Some(xw::address::Type::Workload(a1)) = &all.addresses["Kubernetes//Pod/a/a1"].r#type else { panic!("workload") };
+        let Some(xw::address::Type::Workload(a1)) = &all.addresses["Kubernetes//Pod/a/a1"].r#type
+        else {
+            panic!("workload")
+        };
         assert_eq!(a1.tunnel_protocol, xw::TunnelProtocol::Hbone as i32);
         let port = &a1.services["a/web.a.svc.cluster.local"].ports[0];
-        assert_eq!((port.service_port, port.target_port, port.app_protocol), (80, 9090, xw::AppProtocol::Grpc as i32));
-        let Some(xw::address::Type::Workload(b1)) = &all.addresses["Kubernetes//Pod/b/b1"].r#type else { panic!("workload") };
-        assert_eq!(b1.tunnel_protocol, xw::TunnelProtocol::None as i32, "namespace b is not in the mesh");
-        assert!(b1.services.is_empty(), "a Service selects only its own namespace");
-        let Some(xw::address::Type::Service(s)) = &all.addresses["a/web.a.svc.cluster.local"].r#type else { panic!("service") };
+        assert_eq!(
+            (port.service_port, port.target_port, port.app_protocol),
+            (80, 9090, xw::AppProtocol::Grpc as i32)
+        );
+        let Some(xw::address::Type::Workload(b1)) = &all.addresses["Kubernetes//Pod/b/b1"].r#type
+        else {
+            panic!("workload")
+        };
+        assert_eq!(
+            b1.tunnel_protocol,
+            xw::TunnelProtocol::None as i32,
+            "namespace b is not in the mesh"
+        );
+        assert!(
+            b1.services.is_empty(),
+            "a Service selects only its own namespace"
+        );
+        let Some(xw::address::Type::Service(s)) =
+            &all.addresses["a/web.a.svc.cluster.local"].r#type
+        else {
+            panic!("service")
+        };
         assert_eq!(s.addresses[0].address, vec![10, 96, 0, 1]);
     }
 
@@ -600,40 +797,73 @@ status: {podIP: 10.0.2.1}
         .concat());
         let all = translate(&r);
         let allow = &all.authorizations["a/allow-get"];
-        assert_eq!(allow.rules.len(), 1, "the L7 ALLOW rule is dropped: it can never match");
+        assert_eq!(
+            allow.rules.len(),
+            1,
+            "the L7 ALLOW rule is dropped: it can never match"
+        );
         let deny = &all.authorizations["a/deny-get"];
         assert_eq!(deny.rules.len(), 1, "the DENY rule stays");
         let clauses = &deny.rules[0].clauses;
         assert_eq!(clauses.len(), 2);
-        assert!(clauses[1].matches[0] == xsec::Match::default(), "its L7 part is widened to match anything");
+        assert!(
+            clauses[1].matches[0] == xsec::Match::default(),
+            "its L7 part is widened to match anything"
+        );
     }
 
     #[test]
     fn peer_authentication_precedence() {
         let pa = |name: &str, ns: &str, spec: &str| {
-            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n")
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n"
+            )
         };
         let mesh_strict = pa("default", "istio-system", "{mtls: {mode: STRICT}}");
         let ns_permissive = pa("default", "a", "{mtls: {mode: PERMISSIVE}}");
-        let wl = pa("web", "a", "{selector: {matchLabels: {app: web}}, mtls: {mode: UNSET}, portLevelMtls: {8080: {mode: STRICT}}}");
-        let cases: Vec<(String, &str, Vec<(u32, &str)>)> = vec![
+        let wl = pa(
+            "web",
+            "a",
+            "{selector: {matchLabels: {app: web}}, mtls: {mode: UNSET}, portLevelMtls: {8080: {mode: STRICT}}}",
+        );
+        type Case = (String, &'static str, Vec<(u32, &'static str)>);
+        let cases: Vec<Case> = vec![
             (String::new(), "PERMISSIVE", vec![]),
             (mesh_strict.clone(), "STRICT", vec![]),
-            (format!("{mesh_strict}{ns_permissive}"), "PERMISSIVE", vec![]),
-            (format!("{mesh_strict}{ns_permissive}{wl}"), "PERMISSIVE", vec![(8080, "STRICT")]),
+            (
+                format!("{mesh_strict}{ns_permissive}"),
+                "PERMISSIVE",
+                vec![],
+            ),
+            (
+                format!("{mesh_strict}{ns_permissive}{wl}"),
+                "PERMISSIVE",
+                vec![(8080, "STRICT")],
+            ),
         ];
         for (yaml, mode, ports) in cases {
             let r = reg(&yaml);
             let pod = r.pod("a", "a1").expect("pod");
             let (m, p) = effective_mtls(&r, &pod);
             assert_eq!(m, mode, "{yaml}");
-            assert_eq!(p, ports.into_iter().map(|(k, v)| (k, v.to_string())).collect(), "{yaml}");
+            assert_eq!(
+                p,
+                ports.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+                "{yaml}"
+            );
         }
         let r = reg(&format!("{mesh_strict}{ns_permissive}{wl}"));
         let pod = r.pod("a", "a1").expect("pod");
         let deny = peer_authentication_policy(&r, &pod).expect("strict on a port");
-        assert_eq!(deny.rules[0].clauses[0].matches[0].destination_ports, vec![8080]);
+        assert_eq!(
+            deny.rules[0].clauses[0].matches[0].destination_ports,
+            vec![8080]
+        );
         let other = r.pod("b", "b1").expect("pod");
-        assert_eq!(effective_mtls(&r, &other).0, "STRICT", "mesh-wide STRICT reaches namespace b");
+        assert_eq!(
+            effective_mtls(&r, &other).0,
+            "STRICT",
+            "mesh-wide STRICT reaches namespace b"
+        );
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use spar_identity::{Subject, TokenIssuer};
 use spar_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use spar_xds::{to_any, ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, to_any};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,7 +22,7 @@ use crate::auth::caller;
 use crate::config::ConfigState;
 use crate::delta::{Resources, TypeState};
 use crate::snapshot::Snapshot;
-use crate::translate::{proxy_config, ProxyConfig, ProxyView};
+use crate::translate::{ProxyConfig, ProxyView, proxy_config};
 
 /// What the admin API shows about one connected proxy.
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +56,12 @@ pub struct XdsService {
 
 impl XdsService {
     pub fn new(tokens: Arc<TokenIssuer>, config: Arc<ConfigState>, proxies: Proxies) -> Self {
-        XdsService { tokens, config, proxies, next_stream: AtomicU64::new(1) }
+        XdsService {
+            tokens,
+            config,
+            proxies,
+            next_stream: AtomicU64::new(1),
+        }
     }
 }
 
@@ -74,7 +79,12 @@ impl AggregatedDiscoveryService for XdsService {
             .inspect_err(|s| tracing::warn!(reason = s.message(), "xDS stream refused"))?;
         let view = match &claims.subject {
             Subject::Node { name } => ProxyView::Node(name.clone()),
-            Subject::Pod { namespace, name, .. } => ProxyView::Workload { namespace: namespace.clone(), name: name.clone() },
+            Subject::Pod {
+                namespace, name, ..
+            } => ProxyView::Workload {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
         };
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(16);
@@ -89,7 +99,9 @@ impl AggregatedDiscoveryService for XdsService {
             tx,
         };
         tokio::spawn(conn.run(request.into_inner()));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -161,7 +173,10 @@ impl Connection {
                 self.push(&type_url, &snap, true).await
             }
             Some(state) => {
-                if state.subscribe(&req.resource_names_subscribe, &req.resource_names_unsubscribe) {
+                if state.subscribe(
+                    &req.resource_names_subscribe,
+                    &req.resource_names_unsubscribe,
+                ) {
                     self.push(&type_url, &snap, false).await
                 } else {
                     Ok(())
@@ -172,7 +187,9 @@ impl Connection {
 
     fn on_ack(&mut self, req: &DeltaDiscoveryRequest) {
         let mut proxies = lock(&self.proxies);
-        let Some(status) = proxies.get_mut(&self.id) else { return };
+        let Some(status) = proxies.get_mut(&self.id) else {
+            return;
+        };
         let t = status.types.entry(req.type_url.clone()).or_default();
         match &req.error_detail {
             Some(err) => {
@@ -182,7 +199,10 @@ impl Connection {
             }
             None => {
                 t.last_acked_nonce = req.response_nonce.clone();
-                if t.nack.as_ref().is_some_and(|(n, _)| n != &req.response_nonce) {
+                if t.nack
+                    .as_ref()
+                    .is_some_and(|(n, _)| n != &req.response_nonce)
+                {
                     // A later version was accepted: the earlier rejection is history.
                     t.nack = None;
                 }
@@ -201,7 +221,9 @@ impl Connection {
     async fn push(&mut self, type_url: &str, snap: &Snapshot, always: bool) -> Result<(), ()> {
         let cfg = proxy_config(&snap.registry, &snap.translated, &self.view);
         let current = resources(&cfg, type_url);
-        let Some(state) = self.types.get_mut(type_url) else { return Ok(()) };
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
         let delta = state.diff(&current);
         if !always && delta.resources.is_empty() && delta.removed.is_empty() {
             return Ok(());
@@ -214,7 +236,9 @@ impl Connection {
                 let t = status.types.entry(type_url.to_string()).or_default();
                 t.last_sent_nonce = nonce.clone();
                 t.resources = state.sent.len();
-                status.sent.insert(type_url.to_string(), dump(&cfg, type_url, state));
+                status
+                    .sent
+                    .insert(type_url.to_string(), dump(&cfg, type_url, state));
             }
         }
         let resp = DeltaDiscoveryResponse {
@@ -237,14 +261,26 @@ fn resources(cfg: &ProxyConfig, type_url: &str) -> Resources {
         (format!("{:016x}", h.finish()), any)
     }
     match type_url {
-        ADDRESS_TYPE => cfg.addresses.iter().map(|(n, a)| (n.clone(), entry(type_url, a))).collect(),
-        AUTHORIZATION_TYPE => cfg.authorizations.iter().map(|(n, a)| (n.clone(), entry(type_url, a))).collect(),
+        ADDRESS_TYPE => cfg
+            .addresses
+            .iter()
+            .map(|(n, a)| (n.clone(), entry(type_url, a)))
+            .collect(),
+        AUTHORIZATION_TYPE => cfg
+            .authorizations
+            .iter()
+            .map(|(n, a)| (n.clone(), entry(type_url, a)))
+            .collect(),
         // Unknown types get an empty answer, so clients asking for them still become ready.
         _ => Resources::new(),
     }
 }
 
-fn dump(cfg: &ProxyConfig, type_url: &str, state: &TypeState) -> BTreeMap<String, serde_json::Value> {
+fn dump(
+    cfg: &ProxyConfig,
+    type_url: &str,
+    state: &TypeState,
+) -> BTreeMap<String, serde_json::Value> {
     let json = |v: &dyn erased::Ser| v.to_json();
     state
         .sent

@@ -60,7 +60,9 @@ pub async fn start(state: &Path, config: Option<&Path>) -> Running {
 }
 
 pub async fn channel(addr: SocketAddr, root_pem: &str) -> Channel {
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root_pem)).domain_name("localhost");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name("localhost");
     Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
         .expect("endpoint")
         .tls_config(tls)
@@ -72,12 +74,27 @@ pub async fn channel(addr: SocketAddr, root_pem: &str) -> Channel {
 
 /// One HTTP/1.0 request to the admin API; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin reachable");
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin reachable");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.expect("admin answers").expect("read");
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("admin answers")
+        .expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 use prost::Message;
 use spar_identity::Subject;
 use spar_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus};
+use spar_xds::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus,
+};
 use spar_xds::security::Authorization;
-use spar_xds::workload::{address, Address};
+use spar_xds::workload::{Address, address};
 use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -21,16 +23,28 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(running: &spar_control::Running, token: &str) -> Result<Client, tonic::Status> {
+    async fn connect(
+        running: &spar_control::Running,
+        token: &str,
+    ) -> Result<Client, tonic::Status> {
         let ch = common::channel(running.grpc_addr, &running.root_pem).await;
-        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
-        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(ch, move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", bearer.clone());
-            Ok(req)
-        });
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().expect("header");
+        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
+            ch,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        );
         let (tx, rx) = mpsc::channel(8);
-        let resp = client.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
-        Ok(Client { tx, rx: resp.into_inner() })
+        let resp = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        Ok(Client {
+            tx,
+            rx: resp.into_inner(),
+        })
     }
 
     async fn send(&self, req: DeltaDiscoveryRequest) {
@@ -46,7 +60,12 @@ impl Client {
     }
 
     async fn ack(&self, r: &DeltaDiscoveryResponse) {
-        self.send(DeltaDiscoveryRequest { type_url: r.type_url.clone(), response_nonce: r.nonce.clone(), ..Default::default() }).await;
+        self.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
     }
 }
 
@@ -60,35 +79,85 @@ async fn delta_xds_initial_update_removal_and_nack() {
     let cfg = tempfile::tempdir().expect("tmp");
     std::fs::write(cfg.path().join("mesh.yaml"), common::TOPOLOGY).expect("write");
     let running = common::start(state.path(), Some(cfg.path())).await;
-    let token = running.tokens.mint(Subject::Node { name: "node-1".into() }, Duration::from_secs(300)).expect("token");
+    let token = running
+        .tokens
+        .mint(
+            Subject::Node {
+                name: "node-1".into(),
+            },
+            Duration::from_secs(300),
+        )
+        .expect("token");
 
     // Unauthenticated streams are refused.
-    let err = Client::connect(&running, "forged").await.err().expect("refused");
+    let err = Client::connect(&running, "forged")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    let mut c = Client::connect(&running, &token).await.expect("authenticated");
-    let node = Node { id: "ztunnel~10.1.0.1~ztunnel-1.istio-system~istio-system.svc.cluster.local".into(), ..Default::default() };
-    c.send(DeltaDiscoveryRequest { node: Some(node), type_url: ADDRESS_TYPE.into(), ..Default::default() }).await;
+    let mut c = Client::connect(&running, &token)
+        .await
+        .expect("authenticated");
+    let node = Node {
+        id: "ztunnel~10.1.0.1~ztunnel-1.istio-system~istio-system.svc.cluster.local".into(),
+        ..Default::default()
+    };
+    c.send(DeltaDiscoveryRequest {
+        node: Some(node),
+        type_url: ADDRESS_TYPE.into(),
+        ..Default::default()
+    })
+    .await;
     let first = c.recv(Duration::from_secs(5)).await;
     assert_eq!(first.type_url, ADDRESS_TYPE);
     let mut got = names(&first);
     got.sort();
-    assert_eq!(got, vec!["Kubernetes//Pod/shop/db-1", "Kubernetes//Pod/shop/web-1", "shop/web.shop.svc.cluster.local"]);
-    let web = first.resources.iter().find(|r| r.name.ends_with("web-1")).expect("web");
-    let addr = Address::decode(web.resource.as_ref().expect("body").value.as_slice()).expect("decodes");
-    let Some(address::Type::Workload(w)) = addr.r#type else { panic!("workload expected") };
+    assert_eq!(
+        got,
+        vec![
+            "Kubernetes//Pod/shop/db-1",
+            "Kubernetes//Pod/shop/web-1",
+            "shop/web.shop.svc.cluster.local"
+        ]
+    );
+    let web = first
+        .resources
+        .iter()
+        .find(|r| r.name.ends_with("web-1"))
+        .expect("web");
+    let addr =
+        Address::decode(web.resource.as_ref().expect("body").value.as_slice()).expect("decodes");
+    let Some(address::Type::Workload(w)) = addr.r#type else {
+        panic!("workload expected")
+    };
     assert_eq!(w.addresses, vec![vec![10, 1, 1, 5]]);
     assert_eq!(w.service_account, "web");
     assert_eq!(w.tunnel_protocol, 1, "ambient namespace -> HBONE");
     assert_eq!(w.authorization_policies, vec!["shop/web-allow".to_string()]);
-    assert_eq!(w.services["shop/web.shop.svc.cluster.local"].ports[0].target_port, 8080);
+    assert_eq!(
+        w.services["shop/web.shop.svc.cluster.local"].ports[0].target_port,
+        8080
+    );
     c.ack(&first).await;
 
     // Authorization: node-1 runs web-1 only, so it gets web-allow and not db-allow.
-    c.send(DeltaDiscoveryRequest { type_url: AUTHORIZATION_TYPE.into(), ..Default::default() }).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: AUTHORIZATION_TYPE.into(),
+        ..Default::default()
+    })
+    .await;
     let auth = c.recv(Duration::from_secs(5)).await;
     assert_eq!(names(&auth), vec!["shop/web-allow"]);
-    let pol = Authorization::decode(auth.resources[0].resource.as_ref().expect("body").value.as_slice()).expect("decodes");
+    let pol = Authorization::decode(
+        auth.resources[0]
+            .resource
+            .as_ref()
+            .expect("body")
+            .value
+            .as_slice(),
+    )
+    .expect("decodes");
     assert_eq!(pol.scope, 2, "WORKLOAD_SELECTOR");
     c.ack(&auth).await;
 
@@ -98,18 +167,39 @@ async fn delta_xds_initial_update_removal_and_nack() {
     let upd = c.recv(Duration::from_secs(1)).await;
     assert_eq!(upd.type_url, ADDRESS_TYPE);
     let got = names(&upd);
-    assert!(got.contains(&"shop/api.shop.svc.cluster.local".to_string()), "{got:?}");
+    assert!(
+        got.contains(&"shop/api.shop.svc.cluster.local".to_string()),
+        "{got:?}"
+    );
     // web-1 now backs a second service, so its workload changed too; db-1 did not.
-    assert!(got.contains(&"Kubernetes//Pod/shop/web-1".to_string()), "{got:?}");
-    assert!(!got.contains(&"Kubernetes//Pod/shop/db-1".to_string()), "{got:?}");
+    assert!(
+        got.contains(&"Kubernetes//Pod/shop/web-1".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        !got.contains(&"Kubernetes//Pod/shop/db-1".to_string()),
+        "{got:?}"
+    );
     c.ack(&upd).await;
 
     // An invalid change is rejected; nothing is pushed and the last good config stays.
-    std::fs::write(cfg.path().join("broken.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 0}]}\n").expect("write");
-    assert!(tokio::time::timeout(Duration::from_millis(800), c.rx.message()).await.is_err(), "no push for a bad change");
+    std::fs::write(
+        cfg.path().join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 0}]}\n",
+    )
+    .expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), c.rx.message())
+            .await
+            .is_err(),
+        "no push for a bad change"
+    );
     let (code, body) = common::http(running.admin_addr, "GET", "/debug/status", "").await;
     assert_eq!(code, 200);
-    assert!(body.contains("broken.yaml:4: Service/x: spec.ports[0].port"), "{body}");
+    assert!(
+        body.contains("broken.yaml:4: Service/x: spec.ports[0].port"),
+        "{body}"
+    );
     std::fs::remove_file(cfg.path().join("broken.yaml")).expect("rm");
 
     // Removal: deleting the file removes the service.
@@ -121,21 +211,34 @@ async fn delta_xds_initial_update_removal_and_nack() {
         }
         c.ack(&r).await;
     };
-    assert_eq!(rem.removed_resources, vec!["shop/api.shop.svc.cluster.local".to_string()]);
+    assert_eq!(
+        rem.removed_resources,
+        vec!["shop/api.shop.svc.cluster.local".to_string()]
+    );
 
     // NACK: recorded by nonce and shown in status.
     c.send(DeltaDiscoveryRequest {
         type_url: ADDRESS_TYPE.into(),
         response_nonce: rem.nonce.clone(),
-        error_detail: Some(RpcStatus { code: 3, message: "cannot parse workload".into(), details: vec![] }),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "cannot parse workload".into(),
+            details: vec![],
+        }),
         ..Default::default()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, body) = common::http(running.admin_addr, "GET", "/debug/status", "").await;
-    assert!(body.contains("cannot parse workload") && body.contains(&rem.nonce), "{body}");
+    assert!(
+        body.contains("cannot parse workload") && body.contains(&rem.nonce),
+        "{body}"
+    );
     let (_, dump) = common::http(running.admin_addr, "GET", "/debug/proxies", "").await;
-    assert!(dump.contains("10.1.1.5") && dump.contains("ztunnel~10.1.0.1"), "{dump}");
+    assert!(
+        dump.contains("10.1.1.5") && dump.contains("ztunnel~10.1.0.1"),
+        "{dump}"
+    );
 }
 
 #[tokio::test]
@@ -144,11 +247,27 @@ async fn reconnect_with_initial_versions_gets_only_changes() {
     let cfg = tempfile::tempdir().expect("tmp");
     std::fs::write(cfg.path().join("mesh.yaml"), common::TOPOLOGY).expect("write");
     let running = common::start(state.path(), Some(cfg.path())).await;
-    let token = running.tokens.mint(Subject::Node { name: "node-2".into() }, Duration::from_secs(300)).expect("token");
+    let token = running
+        .tokens
+        .mint(
+            Subject::Node {
+                name: "node-2".into(),
+            },
+            Duration::from_secs(300),
+        )
+        .expect("token");
     let mut c = Client::connect(&running, &token).await.expect("connects");
-    c.send(DeltaDiscoveryRequest { type_url: ADDRESS_TYPE.into(), ..Default::default() }).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE.into(),
+        ..Default::default()
+    })
+    .await;
     let first = c.recv(Duration::from_secs(5)).await;
-    let versions = first.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    let versions = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
     drop(c);
     let mut c = Client::connect(&running, &token).await.expect("reconnects");
     c.send(DeltaDiscoveryRequest {
@@ -158,5 +277,8 @@ async fn reconnect_with_initial_versions_gets_only_changes() {
     })
     .await;
     let again = c.recv(Duration::from_secs(5)).await;
-    assert!(again.resources.is_empty() && again.removed_resources.is_empty(), "{again:?}");
+    assert!(
+        again.resources.is_empty() && again.removed_resources.is_empty(),
+        "{again:?}"
+    );
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -36,7 +36,9 @@ pub struct CertificateAuthority {
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CertificateAuthority").field("trust_domain", &self.trust_domain).finish()
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .finish()
     }
 }
 
@@ -49,34 +51,61 @@ impl CertificateAuthority {
         if cert_path.exists() && key_path.exists() {
             return Self::from_files(&cert_path, &key_path, trust_domain);
         }
-        fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
+        fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.into(),
+            source,
+        })?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::OrganizationName, trust_domain);
-        params.distinguished_name.push(DnType::CommonName, "spar root CA");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, trust_domain);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "spar root CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + ROOT_TTL;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
         write_private(&key_path, &key.serialize_pem())?;
-        fs::write(&cert_path, cert.pem()).map_err(|source| Error::Write { path: cert_path.clone(), source })?;
+        fs::write(&cert_path, cert.pem()).map_err(|source| Error::Write {
+            path: cert_path.clone(),
+            source,
+        })?;
         Self::from_pem(&cert.pem(), &key.serialize_pem(), trust_domain)
     }
 
     /// Use an operator-supplied root (or intermediate) certificate and key.
     pub fn from_files(cert: &Path, key: &Path, trust_domain: &str) -> Result<Self, Error> {
-        let read = |p: &Path| fs::read_to_string(p).map_err(|source| Error::Read { path: PathBuf::from(p), source });
+        let read = |p: &Path| {
+            fs::read_to_string(p).map_err(|source| Error::Read {
+                path: PathBuf::from(p),
+                source,
+            })
+        };
         Self::from_pem(&read(cert)?, &read(key)?, trust_domain)
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, Error> {
-        let bad = |what: &str, e: rcgen::Error| Error::BadCaMaterial { what: what.into(), reason: e.to_string() };
+        let bad = |what: &str, e: rcgen::Error| Error::BadCaMaterial {
+            what: what.into(),
+            reason: e.to_string(),
+        };
         let key = KeyPair::from_pem(key_pem).map_err(|e| bad("CA key", e))?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| bad("CA certificate", e))?;
-        Ok(CertificateAuthority { issuer, root_pem: cert_pem.trim().to_string() + "\n", trust_domain: trust_domain.into() })
+        let issuer =
+            Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| bad("CA certificate", e))?;
+        Ok(CertificateAuthority {
+            issuer,
+            root_pem: cert_pem.trim().to_string() + "\n",
+            trust_domain: trust_domain.into(),
+        })
     }
 
     pub fn root_pem(&self) -> &str {
@@ -89,27 +118,42 @@ impl CertificateAuthority {
 
     /// Sign `csr_pem` for `identity`. The CSR's own SANs may be empty or name exactly this
     /// identity; anything else is refused rather than rewritten, so a confused caller notices.
-    pub fn sign_csr(&self, csr_pem: &str, identity: &Identity, ttl: Duration) -> Result<IssuedCert, Error> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+    ) -> Result<IssuedCert, Error> {
         if identity.trust_domain != self.trust_domain {
             return Err(Error::CsrIdentityMismatch {
                 requested: identity.to_string(),
                 allowed: format!("identities in trust domain {}", self.trust_domain),
             });
         }
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::InvalidCsr(e.to_string()))?;
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::InvalidCsr(e.to_string()))?;
         let wanted = identity.to_string();
         for san in &csr.params.subject_alt_names {
             let ok = matches!(san, SanType::URI(u) if u.as_str() == wanted);
             if !ok {
-                return Err(Error::CsrIdentityMismatch { requested: format!("{san:?}"), allowed: wanted });
+                return Err(Error::CsrIdentityMismatch {
+                    requested: format!("{san:?}"),
+                    allowed: wanted,
+                });
             }
         }
         let params = &mut csr.params;
         params.subject_alt_names = vec![SanType::URI(wanted.as_str().try_into()?)];
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         let ttl = ttl.min(MAX_CERT_TTL);
@@ -117,16 +161,29 @@ impl CertificateAuthority {
         params.not_after = now + ttl;
         params.serial_number = Some(random_serial()?);
         let cert = csr.signed_by(&self.issuer)?;
-        Ok(IssuedCert { chain: vec![cert.pem(), self.root_pem.clone()], not_after: now + ttl })
+        Ok(IssuedCert {
+            chain: vec![cert.pem(), self.root_pem.clone()],
+            not_after: now + ttl,
+        })
     }
 
     /// A server certificate for the control plane itself (DNS and IP SANs), with a fresh key.
     /// Returns (chain PEM: leaf then root, key PEM).
-    pub fn issue_server_cert(&self, dns: &[&str], ips: &[IpAddr], ttl: Duration) -> Result<(String, String), Error> {
+    pub fn issue_server_cert(
+        &self,
+        dns: &[&str],
+        ips: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<(String, String), Error> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.distinguished_name.push(DnType::CommonName, "spar control plane");
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "spar control plane");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
@@ -134,7 +191,10 @@ impl CertificateAuthority {
         params.not_after = now + ttl;
         params.serial_number = Some(random_serial()?);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((format!("{}{}", cert.pem(), self.root_pem), key.serialize_pem()))
+        Ok((
+            format!("{}{}", cert.pem(), self.root_pem),
+            key.serialize_pem(),
+        ))
     }
 }
 
@@ -157,8 +217,14 @@ fn write_private(path: &Path, pem: &str) -> Result<(), Error> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| Error::Write { path: path.into(), source })?;
-    f.write_all(pem.as_bytes()).map_err(|source| Error::Write { path: path.into(), source })
+        .map_err(|source| Error::Write {
+            path: path.into(),
+            source,
+        })?;
+    f.write_all(pem.as_bytes()).map_err(|source| Error::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Public helper for other crates: persist a private key with owner-only permissions.
@@ -199,13 +265,16 @@ mod tests {
         let (_d, ca) = ca();
         let id = Identity::new("cluster.local", "default", "sleep");
         let (csr, _key) = make_csr(Some(&id)).expect("csr");
-        let issued = ca.sign_csr(&csr, &id, Duration::from_secs(30)).expect("signed");
+        let issued = ca
+            .sign_csr(&csr, &id, Duration::from_secs(30))
+            .expect("signed");
         assert_eq!(issued.chain.len(), 2);
         let leaf_der = der(&issued.chain[0]);
         let root_der = der(&issued.chain[1]);
         let (_, leaf) = X509Certificate::from_der(&leaf_der).expect("leaf");
         let (_, root) = X509Certificate::from_der(&root_der).expect("root");
-        leaf.verify_signature(Some(root.public_key())).expect("leaf signed by root");
+        leaf.verify_signature(Some(root.public_key()))
+            .expect("leaf signed by root");
         let san = leaf.subject_alternative_name().expect("ext").expect("san");
         let uris: Vec<String> = san
             .value
@@ -216,7 +285,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(uris, vec!["spiffe://cluster.local/ns/default/sa/sleep".to_string()]);
+        assert_eq!(
+            uris,
+            vec!["spiffe://cluster.local/ns/default/sa/sleep".to_string()]
+        );
         let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
         assert_eq!(life, 30 + 60);
         assert!(!leaf.is_ca());
@@ -228,11 +300,20 @@ mod tests {
         let other = Identity::new("cluster.local", "default", "admin");
         let (csr, _) = make_csr(Some(&other)).expect("csr");
         let me = Identity::new("cluster.local", "default", "sleep");
-        assert!(matches!(ca.sign_csr(&csr, &me, Duration::from_secs(60)), Err(Error::CsrIdentityMismatch { .. })));
+        assert!(matches!(
+            ca.sign_csr(&csr, &me, Duration::from_secs(60)),
+            Err(Error::CsrIdentityMismatch { .. })
+        ));
         let foreign = Identity::new("evil.org", "default", "sleep");
         let (csr, _) = make_csr(None).expect("csr");
-        assert!(ca.sign_csr(&csr, &foreign, Duration::from_secs(60)).is_err());
-        assert!(matches!(ca.sign_csr("garbage", &me, Duration::from_secs(60)), Err(Error::InvalidCsr(_))));
+        assert!(
+            ca.sign_csr(&csr, &foreign, Duration::from_secs(60))
+                .is_err()
+        );
+        assert!(matches!(
+            ca.sign_csr("garbage", &me, Duration::from_secs(60)),
+            Err(Error::InvalidCsr(_))
+        ));
     }
 
     #[test]
@@ -242,7 +323,10 @@ mod tests {
         let b = CertificateAuthority::load_or_create(dir.path(), "cluster.local").expect("ca");
         assert_eq!(a.root_pem(), b.root_pem());
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join("root-key.pem")).expect("key").permissions().mode();
+        let mode = fs::metadata(dir.path().join("root-key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "root key must be private");
     }
 }

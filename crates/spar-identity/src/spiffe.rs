@@ -25,7 +25,10 @@ impl Identity {
 
     /// The form AuthorizationPolicy `principals` use: no `spiffe://` prefix.
     pub fn principal(&self) -> String {
-        format!("{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
@@ -45,7 +48,11 @@ impl FromStr for Identity {
         let [td, "ns", ns, "sa", sa] = parts.as_slice() else {
             return Err(bad());
         };
-        let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        };
         if !(ok(td) && ok(ns) && ok(sa)) {
             return Err(bad());
         }
@@ -59,7 +66,9 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep".parse().expect("valid");
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .expect("valid");
         assert_eq!(id, Identity::new("cluster.local", "default", "sleep"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
         assert_eq!(id.principal(), "cluster.local/ns/default/sa/sleep");

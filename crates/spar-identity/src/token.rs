@@ -19,7 +19,11 @@ const AUDIENCE: &str = "spar";
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Subject {
     /// A workload (sidecar or the pod itself): may get only its own identity.
-    Pod { namespace: String, name: String, service_account: String },
+    Pod {
+        namespace: String,
+        name: String,
+        service_account: String,
+    },
     /// A node proxy: may get identities of workloads the registry places on this node.
     Node { name: String },
 }
@@ -28,7 +32,11 @@ impl Subject {
     /// The workload identity of a pod subject.
     pub fn identity(&self, trust_domain: &str) -> Option<Identity> {
         match self {
-            Subject::Pod { namespace, service_account, .. } => Some(Identity::new(trust_domain, namespace, service_account)),
+            Subject::Pod {
+                namespace,
+                service_account,
+                ..
+            } => Some(Identity::new(trust_domain, namespace, service_account)),
             Subject::Node { .. } => None,
         }
     }
@@ -37,7 +45,11 @@ impl Subject {
 impl std::fmt::Display for Subject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Subject::Pod { namespace, name, service_account } => write!(f, "pod {namespace}/{name} (sa {service_account})"),
+            Subject::Pod {
+                namespace,
+                name,
+                service_account,
+            } => write!(f, "pod {namespace}/{name} (sa {service_account})"),
             Subject::Node { name } => write!(f, "node {name}"),
         }
     }
@@ -70,9 +82,15 @@ impl TokenIssuer {
     pub fn load_or_create(dir: &Path) -> Result<Self, Error> {
         let path = dir.join("token-key.pem");
         let pem = if path.exists() {
-            fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?
+            fs::read_to_string(&path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?
         } else {
-            fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
+            fs::create_dir_all(dir).map_err(|source| Error::Write {
+                path: dir.into(),
+                source,
+            })?;
             let pem = KeyPair::generate()?.serialize_pem();
             crate::ca::write_private_file(&path, &pem)?;
             pem
@@ -81,10 +99,14 @@ impl TokenIssuer {
     }
 
     pub fn from_pem(private_pem: &str) -> Result<Self, Error> {
-        let bad = |e: &dyn std::fmt::Display| Error::BadCaMaterial { what: "token key".into(), reason: e.to_string() };
+        let bad = |e: &dyn std::fmt::Display| Error::BadCaMaterial {
+            what: "token key".into(),
+            reason: e.to_string(),
+        };
         let key = KeyPair::from_pem(private_pem).map_err(|e| bad(&e))?;
         let encoding = EncodingKey::from_ec_pem(private_pem.as_bytes()).map_err(|e| bad(&e))?;
-        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(|e| bad(&e))?;
+        let decoding =
+            DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(|e| bad(&e))?;
         Ok(TokenIssuer { encoding, decoding })
     }
 
@@ -97,11 +119,23 @@ impl TokenIssuer {
     /// A token with explicit issue and expiry times (seconds since the epoch).
     pub fn mint_at(&self, subject: Subject, iat: u64, exp: u64) -> Result<String, Error> {
         let sub = match &subject {
-            Subject::Pod { namespace, service_account, .. } => format!("system:serviceaccount:{namespace}:{service_account}"),
+            Subject::Pod {
+                namespace,
+                service_account,
+                ..
+            } => format!("system:serviceaccount:{namespace}:{service_account}"),
             Subject::Node { name } => format!("spar:node:{name}"),
         };
-        let claims = Claims { iss: ISSUER.into(), aud: AUDIENCE.into(), sub, iat, exp, subject };
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding).map_err(|e| Error::Token(e.to_string()))
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub,
+            iat,
+            exp,
+            subject,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+            .map_err(|e| Error::Token(e.to_string()))
     }
 
     /// Check signature, issuer, audience and expiry; return who the token speaks for.
@@ -110,13 +144,17 @@ impl TokenIssuer {
         v.set_issuer(&[ISSUER]);
         v.set_audience(&[AUDIENCE]);
         v.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| Error::Token(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+            .map_err(|e| Error::Token(e.to_string()))?;
         Ok(data.claims)
     }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -124,7 +162,11 @@ mod tests {
     use super::*;
 
     fn pod() -> Subject {
-        Subject::Pod { namespace: "default".into(), name: "sleep-1".into(), service_account: "sleep".into() }
+        Subject::Pod {
+            namespace: "default".into(),
+            name: "sleep-1".into(),
+            service_account: "sleep".into(),
+        }
     }
 
     #[test]
@@ -147,7 +189,14 @@ mod tests {
         let now = unix_now();
         let expired = a.mint_at(pod(), now - 3600, now - 600).expect("mint");
         assert!(a.verify(&expired).is_err());
-        let forged = b.mint(Subject::Node { name: "node-1".into() }, Duration::from_secs(60)).expect("mint");
+        let forged = b
+            .mint(
+                Subject::Node {
+                    name: "node-1".into(),
+                },
+                Duration::from_secs(60),
+            )
+            .expect("mint");
         assert!(a.verify(&forged).is_err());
         assert!(a.verify("not.a.token").is_err());
         assert!(a.verify("").is_err());

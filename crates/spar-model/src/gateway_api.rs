@@ -1,7 +1,7 @@
 //! `gateway.networking.k8s.io/v1`: Gateway (class `istio-waypoint` for waypoints), HTTPRoute,
 //! GRPCRoute and TCPRoute.
 
-use crate::meta::{model, Unsupported};
+use crate::meta::{Unsupported, model};
 
 model! {
     pub struct Gateway {

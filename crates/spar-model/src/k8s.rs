@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{model, LabelSelector, Labels, ObjectMeta, Unsupported};
+use crate::meta::{LabelSelector, Labels, ObjectMeta, Unsupported, model};
 
 model! {
     pub struct ServiceSpec {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::problem::{Problem, Severity};
-use crate::resource::{decode, Resource, ResourceKey};
+use crate::resource::{Resource, ResourceKey, decode};
 use crate::validate::validate;
 use crate::yaml::parse_documents;
 
@@ -29,7 +29,9 @@ impl Loaded {
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.iter().filter(|p| p.severity == Severity::Error)
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
     }
 
     fn merge(&mut self, other: Loaded) {
@@ -47,7 +49,12 @@ impl Loaded {
                     line: origin.line,
                     resource: format!("{}/{}", r.kind, r.name()),
                     field: "metadata.name".into(),
-                    message: format!("{} is already defined at {}:{}", r.key(), first.file, first.line),
+                    message: format!(
+                        "{} is already defined at {}:{}",
+                        r.key(),
+                        first.file,
+                        first.line
+                    ),
                     severity: Severity::Error,
                 });
             } else {
@@ -99,7 +106,10 @@ pub fn load_str(source: &str, text: &str) -> Loaded {
                         severity: issue.severity,
                     });
                 }
-                let origin = Origin { file: source.to_string(), line: doc.line };
+                let origin = Origin {
+                    file: source.to_string(),
+                    line: doc.line,
+                };
                 out.resources.push((r, origin));
             }
         }
@@ -125,7 +135,8 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
                 Ok(text) => {
                     let mut one = load_str(&f.display().to_string(), &text);
                     // Duplicates are checked once over everything, below.
-                    one.problems.retain(|p| !p.message.contains("is already defined at"));
+                    one.problems
+                        .retain(|p| !p.message.contains("is already defined at"));
                     out.merge(one);
                 }
                 Err(e) => out.problems.push(io_problem(&f, &e)),
@@ -181,7 +192,12 @@ mod tests {
         let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination:\n        host: reviews\n      weight: 60\n    - destination:\n        host: reviews\n      weight: 60\n";
         let l = load_str("vs.yaml", text);
         let errs: Vec<String> = l.errors().map(|p| p.to_string()).collect();
-        assert_eq!(errs, vec!["vs.yaml:8: VirtualService/reviews: spec.http[0].route: weights add up to 120; they must add up to 100"]);
+        assert_eq!(
+            errs,
+            vec![
+                "vs.yaml:8: VirtualService/reviews: spec.http[0].route: weights add up to 120; they must add up to 100"
+            ]
+        );
     }
 
     #[test]
@@ -197,6 +213,11 @@ mod tests {
     fn duplicates_are_errors() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
         let l = load_str("n.yaml", text);
-        assert!(l.errors().any(|p| p.message.contains("already defined at n.yaml:1")), "{:?}", l.problems);
+        assert!(
+            l.errors()
+                .any(|p| p.message.contains("already defined at n.yaml:1")),
+            "{:?}",
+            l.problems
+        );
     }
 }

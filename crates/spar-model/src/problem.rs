@@ -49,9 +49,17 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Issue { path: path.into(), message: message.into(), severity: Severity::Error }
+        Issue {
+            path: path.into(),
+            message: message.into(),
+            severity: Severity::Error,
+        }
     }
     pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Issue { path: path.into(), message: message.into(), severity: Severity::Warning }
+        Issue {
+            path: path.into(),
+            message: message.into(),
+            severity: Severity::Warning,
+        }
     }
 }

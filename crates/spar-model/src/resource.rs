@@ -126,10 +126,7 @@ impl Kind {
     /// Find the kind for an `apiVersion` and `kind` pair.
     pub fn lookup(api_version: &str, kind: &str) -> Result<Kind, String> {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let candidates: Vec<Kind> = Kind::ALL
-            .into_iter()
-            .filter(|k| k.name() == kind)
-            .collect();
+        let candidates: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.name() == kind).collect();
         if candidates.is_empty() {
             return Err(format!("kind {kind:?} is not supported by spar"));
         }
@@ -165,7 +162,9 @@ impl fmt::Display for Kind {
     }
 }
 
-/// The typed body of a resource.
+/// The typed body of a resource. Variants differ in size; resources live in maps, built once
+/// per config change, so boxing each would cost more code than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     VirtualService(net::VirtualService),
@@ -325,7 +324,12 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
         message,
     };
     let Some(obj) = value.as_object() else {
-        return Err(err(None, "", "", "a resource must be a YAML mapping".into()));
+        return Err(err(
+            None,
+            "",
+            "",
+            "a resource must be a YAML mapping".into(),
+        ));
     };
     let name = obj
         .get("metadata")
@@ -336,16 +340,27 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
     let api_version = obj.get("apiVersion").and_then(Value::as_str);
     let kind_name = obj.get("kind").and_then(Value::as_str);
     let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
-        return Err(err(None, &name, "kind", "apiVersion and kind are required".into()));
+        return Err(err(
+            None,
+            &name,
+            "kind",
+            "apiVersion and kind are required".into(),
+        ));
     };
-    let kind = Kind::lookup(api_version, kind_name).map_err(|m| err(None, &name, "apiVersion", m))?;
+    let kind =
+        Kind::lookup(api_version, kind_name).map_err(|m| err(None, &name, "apiVersion", m))?;
     for key in obj.keys() {
         if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key.as_str()) {
-            return Err(err(Some(kind), &name, key, format!("unknown field `{key}`")));
+            return Err(err(
+                Some(kind),
+                &name,
+                key,
+                format!("unknown field `{key}`"),
+            ));
         }
     }
-    let meta: ObjectMeta = typed(obj.get("metadata"), "metadata")
-        .map_err(|(p, m)| err(Some(kind), &name, &p, m))?;
+    let meta: ObjectMeta =
+        typed(obj.get("metadata"), "metadata").map_err(|(p, m)| err(Some(kind), &name, &p, m))?;
     let spec_v = obj.get("spec");
     let status_v = obj.get("status");
     let spec = (|| -> Result<Spec, (String, String)> {
@@ -386,7 +401,11 @@ fn typed<T: for<'de> Deserialize<'de> + Default>(
     };
     serde_path_to_error::deserialize(v).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." { root.to_string() } else { format!("{root}.{inner}") };
+        let path = if inner == "." {
+            root.to_string()
+        } else {
+            format!("{root}.{inner}")
+        };
         (path, clean_message(&e.into_inner().to_string()))
     })
 }
@@ -408,9 +427,18 @@ mod tests {
 
     #[test]
     fn kind_lookup_table() {
-        assert_eq!(Kind::lookup("networking.istio.io/v1", "VirtualService"), Ok(Kind::VirtualService));
-        assert_eq!(Kind::lookup("networking.istio.io/v1alpha3", "Gateway"), Ok(Kind::Gateway));
-        assert_eq!(Kind::lookup("gateway.networking.k8s.io/v1", "Gateway"), Ok(Kind::K8sGateway));
+        assert_eq!(
+            Kind::lookup("networking.istio.io/v1", "VirtualService"),
+            Ok(Kind::VirtualService)
+        );
+        assert_eq!(
+            Kind::lookup("networking.istio.io/v1alpha3", "Gateway"),
+            Ok(Kind::Gateway)
+        );
+        assert_eq!(
+            Kind::lookup("gateway.networking.k8s.io/v1", "Gateway"),
+            Ok(Kind::K8sGateway)
+        );
         assert_eq!(Kind::lookup("apps/v1", "Deployment"), Ok(Kind::Deployment));
         assert!(Kind::lookup("v1", "ConfigMap").is_err());
         assert!(Kind::lookup("networking.istio.io/v9", "VirtualService").is_err());

@@ -64,11 +64,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("invalid YAML").trim().to_string()
+    s.lines()
+        .next()
+        .unwrap_or("invalid YAML")
+        .trim()
+        .to_string()
 }
 
 fn flatten(node: Spanned<Node>, path: &str, lines: &mut BTreeMap<String, u64>) -> Value {
-    lines.entry(path.to_string()).or_insert(node.referenced.line());
+    lines
+        .entry(path.to_string())
+        .or_insert(node.referenced.line());
     match node.value {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),

@@ -26,7 +26,10 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 
 /// Pack a message as `google.protobuf.Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, m: &M) -> prost_types::Any {
-    prost_types::Any { type_url: type_url.to_string(), value: m.encode_to_vec() }
+    prost_types::Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
 }
 
 /// Serde helpers for config dumps: IP bytes as text.

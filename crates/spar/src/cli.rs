@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "spar", version, about = "Spar: a service mesh in one binary (Istio's APIs, sidecar and ambient modes)")]
+#[command(
+    name = "spar",
+    version,
+    about = "Spar: a service mesh in one binary (Istio's APIs, sidecar and ambient modes)"
+)]
 struct Cli {
     /// Log filter (e.g. info, debug, spar_control=debug); also read from SPAR_LOG.
     #[arg(long, global = true, env = "SPAR_LOG", default_value = "info")]
@@ -22,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: config, registry, CA, delta xDS and the admin API.
-    Control(control::ControlArgs),
+    Control(Box<control::ControlArgs>),
     /// Check Istio and Kubernetes YAML files or directories; exit non-zero on errors.
     Validate {
         /// Files or directories (searched recursively for .yaml, .yml and .json).
@@ -37,10 +41,14 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
-        Command::Control(args) => control::run(args),
+        Command::Control(args) => control::run(*args),
         Command::Validate { paths } => return validate::run(&paths),
         Command::Apply(args) => admin_client::apply(&args, "/apply"),
         Command::Delete(args) => admin_client::apply(&args, "/delete"),

@@ -14,19 +14,36 @@ fn repo() -> &'static Path {
 
 #[test]
 fn validate_accepts_istio_samples() {
-    let out = spar().arg("validate").arg(repo().join("examples/istio-samples")).output().expect("runs");
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = spar()
+        .arg("validate")
+        .arg(repo().join("examples/istio-samples"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 errors"));
 }
 
 #[test]
 fn validate_reports_file_line_and_fails() {
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("good.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n").expect("write");
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n",
+    )
+    .expect("write");
     let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n";
     std::fs::write(dir.path().join("bad.yaml"), bad).expect("write");
     std::fs::write(dir.path().join("syntax.yaml"), "a: [1,\n").expect("write");
-    let out = spar().arg("validate").arg(dir.path()).output().expect("runs");
+    let out = spar()
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let bad_path = dir.path().join("bad.yaml");
@@ -42,7 +59,14 @@ fn validate_reports_file_line_and_fails() {
 fn control_process_apply_and_token() {
     let state = tempfile::tempdir().expect("tmp");
     let mut child = spar()
-        .args(["control", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--state-dir"])
+        .args([
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
         .arg(state.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -56,16 +80,50 @@ fn control_process_apply_and_token() {
     }
     let file = state.path().join("vs.yaml");
     std::fs::write(&file, "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v2}\n").expect("write");
-    let out = spar().args(["apply", "--state-dir"]).arg(state.path()).arg("-f").arg(&file).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "VirtualService/default/reviews configured");
+    let out = spar()
+        .args(["apply", "--state-dir"])
+        .arg(state.path())
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "VirtualService/default/reviews configured"
+    );
     std::fs::write(&file, "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec: {hosts: []}\n").expect("write");
-    let out = spar().args(["apply", "--state-dir"]).arg(state.path()).arg("-f").arg(&file).output().expect("runs");
+    let out = spar()
+        .args(["apply", "--state-dir"])
+        .arg(state.path())
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("runs");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("vs.yaml:4: VirtualService/reviews: spec.hosts: at least one host is required"));
-    let out = spar().args(["control", "token", "node", "node-1", "--state-dir"]).arg(state.path()).output().expect("runs");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "vs.yaml:4: VirtualService/reviews: spec.hosts: at least one host is required"
+        )
+    );
+    let out = spar()
+        .args(["control", "token", "node", "node-1", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .expect("runs");
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().split('.').count(), 3, "a JWT");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3,
+        "a JWT"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

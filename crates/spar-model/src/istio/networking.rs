@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::meta::{model, Labels, LabelsSelector, Unsupported};
+use crate::meta::{Labels, LabelsSelector, Unsupported, model};
 
 model! {
     pub struct VirtualService {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::meta::{model, PolicyTargetReference, WorkloadSelector};
+use crate::meta::{PolicyTargetReference, WorkloadSelector, model};
 
 model! {
     pub struct AuthorizationPolicy {

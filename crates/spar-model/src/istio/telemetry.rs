@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::meta::{model, PolicyTargetReference, Unsupported, WorkloadSelector};
+use crate::meta::{PolicyTargetReference, Unsupported, WorkloadSelector, model};
 
 model! {
     pub struct Telemetry {

@@ -33,31 +33,59 @@ pub fn apply(args: &FileArgs, path: &str) -> anyhow::Result<()> {
     for f in &args.files {
         let (name, text) = if f.as_os_str() == "-" {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read standard input")?;
             ("stdin".to_string(), s)
         } else {
-            (f.display().to_string(), std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?)
+            (
+                f.display().to_string(),
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?,
+            )
         };
         let (code, body) = post(&admin, &format!("{path}?source={}", encode(&name)), &text)
             .with_context(|| format!("cannot reach the control plane's admin API at {admin}; is `spar control` running?"))?;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
         for key in ["applied", "deleted"] {
             for k in v[key].as_array().into_iter().flatten() {
-                println!("{} {}", k.as_str().unwrap_or_default(), if key == "applied" { "configured" } else { "deleted" });
+                println!(
+                    "{} {}",
+                    k.as_str().unwrap_or_default(),
+                    if key == "applied" {
+                        "configured"
+                    } else {
+                        "deleted"
+                    }
+                );
             }
         }
-        for p in v["warnings"].as_array().into_iter().flatten().chain(v["problems"].as_array().into_iter().flatten()) {
+        for p in v["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(v["problems"].as_array().into_iter().flatten())
+        {
             eprintln!("{}", p.as_str().unwrap_or_default());
         }
         failed |= code != 200;
     }
-    anyhow::ensure!(!failed, "the control plane rejected the request; nothing from the rejected file was changed");
+    anyhow::ensure!(
+        !failed,
+        "the control plane rejected the request; nothing from the rejected file was changed"
+    );
     Ok(())
 }
 
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._/".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -65,9 +93,22 @@ fn encode(s: &str) -> String {
 fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use spar_control::registry::MeshSettings;
 use spar_control::Options;
+use spar_control::registry::MeshSettings;
 use spar_identity::{Subject, TokenIssuer};
 
 #[derive(Args)]
@@ -66,7 +66,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
-    if let Some(ControlAction::Token { kind, name, service_account, ttl }) = &args.action {
+    if let Some(ControlAction::Token {
+        kind,
+        name,
+        service_account,
+        ttl,
+    }) = &args.action
+    {
         return mint(&args.state_dir, kind, name, service_account, *ttl);
     }
     let mut opts = Options::new(args.state_dir.clone());
@@ -85,7 +91,10 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let running = spar_control::start(opts).await?;
         write_endpoints(&args.state_dir, &running)?;
-        println!("spar control: xDS and CA on {} (TLS), admin on http://{}", running.grpc_addr, running.admin_addr);
+        println!(
+            "spar control: xDS and CA on {} (TLS), admin on http://{}",
+            running.grpc_addr, running.admin_addr
+        );
         tokio::select! {
             _ = running.wait() => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
@@ -95,23 +104,46 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
 }
 
 /// Record where this control plane listens, so other commands (`spar apply`) find it.
-fn write_endpoints(state_dir: &std::path::Path, running: &spar_control::Running) -> anyhow::Result<()> {
+fn write_endpoints(
+    state_dir: &std::path::Path,
+    running: &spar_control::Running,
+) -> anyhow::Result<()> {
     let info = serde_json::json!({ "grpc": running.grpc_addr.to_string(), "admin": running.admin_addr.to_string() });
     let path = state_dir.join("endpoints.json");
-    std::fs::write(&path, info.to_string()).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, info.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn mint(state_dir: &std::path::Path, kind: &str, name: &str, sa: &str, ttl: Duration) -> anyhow::Result<()> {
+fn mint(
+    state_dir: &std::path::Path,
+    kind: &str,
+    name: &str,
+    sa: &str,
+    ttl: Duration,
+) -> anyhow::Result<()> {
     let subject = match kind {
-        "node" => Subject::Node { name: name.to_string() },
+        "node" => Subject::Node {
+            name: name.to_string(),
+        },
         "pod" => {
-            let (ns, pod) = name.split_once('/').context("a pod is named NAMESPACE/NAME")?;
-            Subject::Pod { namespace: ns.into(), name: pod.into(), service_account: sa.into() }
+            let (ns, pod) = name
+                .split_once('/')
+                .context("a pod is named NAMESPACE/NAME")?;
+            Subject::Pod {
+                namespace: ns.into(),
+                name: pod.into(),
+                service_account: sa.into(),
+            }
         }
         other => anyhow::bail!("unknown token kind {other:?}: use `pod` or `node`"),
     };
     let key = state_dir.join("ca");
-    anyhow::ensure!(key.join("token-key.pem").exists(), "no token key in {}: start `spar control --state-dir {}` first", key.display(), state_dir.display());
+    anyhow::ensure!(
+        key.join("token-key.pem").exists(),
+        "no token key in {}: start `spar control --state-dir {}` first",
+        key.display(),
+        state_dir.display()
+    );
     let issuer = TokenIssuer::load_or_create(&key)?;
     println!("{}", issuer.mint(subject, ttl)?);
     Ok(())

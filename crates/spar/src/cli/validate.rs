@@ -29,5 +29,9 @@ pub fn run(paths: &[PathBuf]) -> ExitCode {
         }
     }
     eprintln!("{resources} resources checked: {errors} errors, {warnings} warnings");
-    if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
