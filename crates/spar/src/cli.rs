@@ -2,6 +2,8 @@
 
 mod admin_client;
 mod control;
+mod echo;
+mod mesh;
 mod validate;
 
 use std::path::PathBuf;
@@ -37,6 +39,21 @@ enum Command {
     Apply(admin_client::FileArgs),
     /// Delete resources from the running control plane.
     Delete(admin_client::FileArgs),
+    /// Start a whole mesh on this machine (cluster in a box): nodes, pods, services, control plane.
+    Up(mesh::UpArgs),
+    /// Stop the running mesh and remove everything it created.
+    Down(mesh::StateArgs),
+    /// List nodes and pods of the running mesh.
+    Status(mesh::StateArgs),
+    /// Run a command inside a pod: spar exec [-n NS] POD|deploy/NAME -- CMD...
+    Exec(mesh::ExecArgs),
+    /// Print a pod's output.
+    Logs(mesh::PodArgs),
+    /// Change namespace labels live: spar label namespace NS KEY=VALUE|KEY-
+    Label(mesh::LabelArgs),
+    /// The test workload: echo server, load client, TCP and server-first exchanges.
+    #[command(subcommand)]
+    Echo(echo::EchoCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -52,6 +69,13 @@ pub fn main() -> ExitCode {
         Command::Validate { paths } => return validate::run(&paths),
         Command::Apply(args) => admin_client::apply(&args, "/apply"),
         Command::Delete(args) => admin_client::apply(&args, "/delete"),
+        Command::Echo(cmd) => echo::run(cmd),
+        Command::Up(args) => mesh::up(args),
+        Command::Down(args) => mesh::down(args),
+        Command::Status(args) => mesh::status(args),
+        Command::Exec(args) => return mesh::exec(args),
+        Command::Logs(args) => mesh::logs(args),
+        Command::Label(args) => mesh::label(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

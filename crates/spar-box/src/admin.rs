@@ -1,0 +1,24 @@
+//! A minimal client for the control plane's local admin API (plain HTTP/1.0 on loopback).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// POST `body` to `path`; returns (status code, response body).
+pub fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// The admin address a control plane recorded in its state directory.
+pub fn admin_addr(control_state: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(control_state.join("endpoints.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["admin"].as_str().map(str::to_string)
+}

@@ -1,0 +1,138 @@
+//! The operator commands against a running box: down, status, exec, logs, label.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::state::{alive, BoxState, Paths};
+use crate::{admin, net, Error};
+
+/// Stop the running mesh and remove everything it made, also after a crashed `spar up`.
+pub fn down(state_dir: &Path) -> Result<String, Error> {
+    let paths = Paths::new(state_dir);
+    let mut said = String::new();
+    let made = net::box_namespaces().len();
+    if let Ok(s) = BoxState::read(&paths) {
+        if alive(s.pid) {
+            let _ = kill(Pid::from_raw(s.pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while alive(s.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if alive(s.pid) {
+                let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+            }
+        }
+        // Anything the owner could not stop (it crashed, or was killed) goes now.
+        for pod in &s.pods {
+            for c in &pod.containers {
+                if let Some(pid) = c.pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        let _ = writeln!(said, "stopped the mesh (spar up pid {})", s.pid);
+    }
+    if let Some(pid) = control_pid(&paths) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    net::destroy();
+    let _ = std::fs::remove_file(paths.state());
+    let left = net::box_namespaces().len();
+    let _ = writeln!(said, "removed {} network namespaces", made - left.min(made));
+    if left > 0 {
+        return Err(Error::Invalid(format!("{left} network namespaces could not be removed; see `ip netns list`")));
+    }
+    Ok(said)
+}
+
+/// The control plane a crashed box left behind, found by its state directory argument.
+fn control_pid(paths: &Paths) -> Option<i32> {
+    let want = paths.control().display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_control = args.iter().any(|a| *a == b"control") && args.iter().any(|a| *a == want.as_bytes());
+        is_control.then_some(pid)
+    })
+}
+
+/// Nodes and pods as a table.
+pub fn status(state_dir: &Path) -> Result<String, Error> {
+    let s = BoxState::read(&Paths::new(state_dir))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "NODE      POD-CIDR         FABRIC-IP");
+    for n in &s.plan.nodes {
+        let _ = writeln!(out, "{:<9} {:<16} {}", n.name, n.pod_cidr, n.fabric_ip);
+    }
+    let _ = writeln!(out, "\nNAMESPACE    POD                      NODE      IP            MODE     READY  RESTARTS");
+    for p in &s.pods {
+        let restarts: u32 = p.containers.iter().map(|c| c.restarts).sum();
+        let _ = writeln!(
+            out,
+            "{:<12} {:<24} {:<9} {:<13} {:<8} {:<6} {}",
+            p.namespace,
+            p.name,
+            p.node,
+            p.ip,
+            s.mode(&p.namespace),
+            if p.ready { "yes" } else { "no" },
+            restarts
+        );
+    }
+    Ok(out)
+}
+
+/// Run a command inside a pod, passing stdio and the exit code through.
+pub fn exec(state_dir: &Path, namespace: &str, pod: &str, command: &[String]) -> Result<i32, Error> {
+    let s = BoxState::read(&Paths::new(state_dir))?;
+    let p = s.find_pod(namespace, pod)?;
+    // The `spar` running this command is on the pod's PATH too, as it is for workloads.
+    let mut path = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.display().to_string())).unwrap_or_default();
+    if let Ok(p) = std::env::var("PATH") {
+        path = format!("{path}:{p}");
+    }
+    let status = std::process::Command::new("ip").args(["netns", "exec", &p.netns]).args(command).env("PATH", path).status()?;
+    Ok(status.code().unwrap_or(128 + status_signal(&status)))
+}
+
+fn status_signal(s: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.signal().unwrap_or(1)
+}
+
+/// A pod's output so far.
+pub fn logs(state_dir: &Path, namespace: &str, pod: &str) -> Result<String, Error> {
+    let paths = Paths::new(state_dir);
+    let s = BoxState::read(&paths)?;
+    let p = s.find_pod(namespace, pod)?;
+    Ok(std::fs::read_to_string(paths.pod_log(&p.namespace, &p.name)).unwrap_or_default())
+}
+
+/// `KEY=VALUE` sets, `KEY-` removes; applied to the control plane at once.
+pub fn label_namespace(state_dir: &Path, namespace: &str, changes: &[String]) -> Result<String, Error> {
+    let paths = Paths::new(state_dir);
+    let mut s = BoxState::read(&paths)?;
+    let labels = s.namespaces.entry(namespace.to_string()).or_default();
+    for c in changes {
+        if let Some(k) = c.strip_suffix('-') {
+            labels.remove(k);
+        } else if let Some((k, v)) = c.split_once('=') {
+            labels.insert(k.to_string(), v.to_string());
+        } else {
+            return Err(Error::Invalid(format!("label change {c:?}: use KEY=VALUE or KEY-")));
+        }
+    }
+    let doc = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace, "labels": labels } });
+    let admin = admin::admin_addr(&paths.control()).ok_or_else(|| Error::NotRunning(state_dir.display().to_string()))?;
+    let (code, body) = admin::post(&admin, "/apply?source=spar-label", &doc.to_string())?;
+    if code != 200 {
+        return Err(Error::Invalid(body));
+    }
+    s.write(&paths)?;
+    Ok(format!("namespace/{namespace} labeled\n"))
+}

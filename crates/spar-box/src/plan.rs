@@ -1,0 +1,274 @@
+//! The plan: which pods run on which node with which address, and which virtual IP each
+//! Service gets. Pure: resources and a box spec in, a plan out; nothing is created here.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use spar_model::k8s::IntOrString;
+use spar_model::{labels_match, Kind, Labels, Resource, Spec};
+
+use crate::spec::BoxSpec;
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub nodes: Vec<NodePlan>,
+    pub pods: Vec<PodPlan>,
+    pub services: Vec<ServicePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub netns: String,
+    pub pod_cidr: String,
+    /// The node bridge's address: the pods' default gateway.
+    pub gateway: Ipv4Addr,
+    /// The node's address on the link between nodes.
+    pub fabric_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    pub deployment: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    /// The node-side end of the pod's veth (`v<index>`).
+    pub host_veth: String,
+    pub labels: Labels,
+    pub service_account: String,
+    pub containers: Vec<ContainerPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub namespace: String,
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<ServicePortPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePortPlan {
+    pub port: u32,
+    /// Ready endpoints: (pod IP, target port).
+    pub endpoints: Vec<(Ipv4Addr, u32)>,
+}
+
+/// Network namespace names: short, and prefixed so `spar down` can find them all.
+pub fn node_netns(node: &str) -> String {
+    format!("spar-{node}")
+}
+
+pub fn pod_netns(ns: &str, pod: &str) -> String {
+    format!("spar-{ns}-{pod}")
+}
+
+pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
+    let mut problems = Vec::new();
+    let nodes: Vec<NodePlan> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodePlan {
+            name: n.name.clone(),
+            netns: node_netns(&n.name),
+            pod_cidr: n.pod_cidr.to_string(),
+            gateway: nth(n.pod_cidr.network(), 1),
+            fabric_ip: nth(spec.fabric_cidr.network(), i as u32 + 1),
+        })
+        .collect();
+    let mut next_host: Vec<u32> = vec![2; nodes.len()];
+    let mut pods = Vec::new();
+    let mut spread = 0usize;
+    for r in resources.iter().filter(|r| r.kind == Kind::Deployment) {
+        let Spec::Deployment(d) = &r.spec else { continue };
+        let ns = r.namespace();
+        for i in 0..d.replicas.unwrap_or(1) {
+            let node_idx = spread % nodes.len();
+            spread += 1;
+            let cidr = spec.nodes[node_idx].pod_cidr;
+            let host = next_host[node_idx];
+            next_host[node_idx] += 1;
+            if host >= (1u32 << (32 - cidr.prefix_len())) - 1 {
+                problems.push(format!("node {} has no addresses left in {cidr}", nodes[node_idx].name));
+                continue;
+            }
+            let name = format!("{}-{i}", r.name());
+            let mut labels = d.template.metadata.labels.clone();
+            labels.insert("spar.io/deployment".into(), r.name().to_string());
+            let version = labels.get("version").cloned().unwrap_or_default();
+            let containers = d
+                .template
+                .spec
+                .containers
+                .iter()
+                .map(|c| {
+                    let mut env: Vec<(String, String)> = vec![
+                        ("POD_NAME".into(), name.clone()),
+                        ("POD_NAMESPACE".into(), ns.to_string()),
+                        ("HOSTNAME".into(), name.clone()),
+                        ("VERSION".into(), version.clone()),
+                    ];
+                    env.extend(c.env.iter().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))));
+                    ContainerPlan {
+                        name: c.name.clone(),
+                        command: c.command.iter().chain(&c.args).cloned().collect(),
+                        env,
+                        ports: c.ports.iter().map(|p| p.container_port).collect(),
+                    }
+                })
+                .collect();
+            pods.push(PodPlan {
+                namespace: ns.to_string(),
+                netns: pod_netns(ns, &name),
+                host_veth: format!("v{}", pods.len()),
+                name,
+                deployment: r.name().to_string(),
+                node: nodes[node_idx].name.clone(),
+                ip: nth(cidr.network(), host),
+                prefix: cidr.prefix_len(),
+                labels,
+                service_account: d.template.spec.service_account().to_string(),
+                containers,
+            });
+        }
+    }
+    let mut services = Vec::new();
+    let mut next_vip = 10u32;
+    for r in resources.iter().filter(|r| r.kind == Kind::Service) {
+        let Spec::Service(s) = &r.spec else { continue };
+        let vip = match s.cluster_ip.as_deref() {
+            Some(ip) if ip != "None" => match ip.parse::<Ipv4Addr>() {
+                Ok(ip) if spec.service_cidr.contains(&ip) => ip,
+                _ => {
+                    problems.push(format!("Service {}/{}: clusterIP {ip} is not in the service CIDR {}", r.namespace(), r.name(), spec.service_cidr));
+                    continue;
+                }
+            },
+            _ => {
+                next_vip += 1;
+                nth(spec.service_cidr.network(), next_vip - 1)
+            }
+        };
+        let selected: Vec<&PodPlan> = pods
+            .iter()
+            .filter(|p| p.namespace == r.namespace() && !s.selector.is_empty() && labels_match(&s.selector, &p.labels))
+            .collect();
+        let ports = s
+            .ports
+            .iter()
+            .map(|sp| ServicePortPlan {
+                port: sp.port,
+                endpoints: selected.iter().map(|p| (p.ip, target_port(p, sp.target_port.as_ref(), sp.port, resources))).collect(),
+            })
+            .collect();
+        services.push(ServicePlan { namespace: r.namespace().to_string(), name: r.name().to_string(), vip, ports });
+    }
+    let mut seen = BTreeMap::new();
+    for s in &services {
+        if let Some(other) = seen.insert(s.vip, format!("{}/{}", s.namespace, s.name)) {
+            problems.push(format!("Services {other} and {}/{} share the virtual IP {}", s.namespace, s.name, s.vip));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems.join("\n")));
+    }
+    Ok(Plan { nodes, pods, services })
+}
+
+fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base).wrapping_add(n))
+}
+
+fn target_port(p: &PodPlan, target: Option<&IntOrString>, port: u32, resources: &[Resource]) -> u32 {
+    match target {
+        None => port,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(name)) => resources
+            .iter()
+            .find_map(|r| match &r.spec {
+                Spec::Deployment(d) if r.name() == p.deployment && r.namespace() == p.namespace => d
+                    .template
+                    .spec
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.ports)
+                    .find(|cp| cp.name.as_deref() == Some(name))
+                    .map(|cp| cp.container_port),
+                _ => None,
+            })
+            .unwrap_or(port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(text: &str) -> Vec<Resource> {
+        let l = spar_model::load_str("t", text);
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        l.resources.into_iter().map(|(r, _)| r).collect()
+    }
+
+    const MESH: &str = "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, version: v1}}
+    spec:
+      serviceAccountName: web
+      containers: [{name: web, command: [spar, echo, serve], args: [--port, '8080'], ports: [{containerPort: 8080, name: http}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+";
+
+    #[test]
+    fn spreads_pods_and_assigns_addresses() {
+        let p = plan(&resources(MESH), &BoxSpec::default()).expect("plans");
+        let placed: Vec<(&str, &str, String)> = p.pods.iter().map(|p| (p.name.as_str(), p.node.as_str(), p.ip.to_string())).collect();
+        assert_eq!(placed, vec![
+            ("web-0", "node-1", "10.244.1.2".to_string()),
+            ("web-1", "node-2", "10.244.2.2".to_string()),
+            ("web-2", "node-1", "10.244.1.3".to_string()),
+        ]);
+        assert_eq!(p.nodes[1].gateway.to_string(), "10.244.2.1");
+        assert_eq!(p.pods[0].containers[0].command, vec!["spar", "echo", "serve", "--port", "8080"]);
+        assert!(p.pods[0].containers[0].env.contains(&("VERSION".into(), "v1".into())));
+        let svc = &p.services[0];
+        assert_eq!(svc.vip.to_string(), "10.96.0.10");
+        assert_eq!(svc.ports[0].endpoints.len(), 3);
+        assert_eq!(svc.ports[0].endpoints[0].1, 8080, "named targetPort resolves to the container port");
+    }
+
+    #[test]
+    fn rejects_clashing_and_foreign_vips() {
+        let text = format!("{MESH}---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: shop}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{port: 1}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{clusterIP: 192.168.0.1, ports: [{{port: 1}}]}}\n");
+        let err = plan(&resources(&text), &BoxSpec::default()).expect_err("invalid").to_string();
+        assert!(err.contains("share the virtual IP 10.96.0.10"), "{err}");
+        assert!(err.contains("192.168.0.1 is not in the service CIDR"), "{err}");
+    }
+}

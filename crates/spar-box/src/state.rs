@@ -1,0 +1,100 @@
+//! What a running box records in its state directory, so that commands in other shells
+//! (`spar status`, `spar exec`, `spar down`) agree with it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::supervise::ContainerState;
+use crate::Error;
+
+pub const DEFAULT_STATE_DIR: &str = "/run/spar";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoxState {
+    /// The `spar up` process that owns the mesh.
+    pub pid: i32,
+    pub plan: Plan,
+    /// Namespace labels, as applied to the control plane.
+    pub namespaces: std::collections::BTreeMap<String, spar_model::Labels>,
+    pub pods: Vec<PodStatus>,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+    pub ready: bool,
+    pub containers: Vec<ContainerState>,
+}
+
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path) -> Self {
+        Paths { root: root.to_path_buf() }
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("box.json")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.root.join("control")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn pod_log(&self, ns: &str, pod: &str) -> PathBuf {
+        self.logs().join(format!("{ns}_{pod}.log"))
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.root.join("up.log")
+    }
+}
+
+impl BoxState {
+    pub fn read(paths: &Paths) -> Result<BoxState, Error> {
+        let text = std::fs::read_to_string(paths.state()).map_err(|_| Error::NotRunning(paths.root.display().to_string()))?;
+        serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", paths.state().display())))
+    }
+
+    /// Write atomically (temp file + rename), so readers never see half a file.
+    pub fn write(&self, paths: &Paths) -> Result<(), Error> {
+        let tmp = paths.state().with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        std::fs::rename(tmp, paths.state())?;
+        Ok(())
+    }
+
+    /// The data-plane mode of a namespace, from its labels (Istio's label names).
+    pub fn mode(&self, namespace: &str) -> &'static str {
+        let labels = self.namespaces.get(namespace);
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        if get("istio-injection") == Some("enabled") {
+            "sidecar"
+        } else if get("istio.io/dataplane-mode") == Some("ambient") {
+            "ambient"
+        } else {
+            "none"
+        }
+    }
+
+    /// Find a pod by name or `deploy/NAME` (the first replica).
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Result<&crate::plan::PodPlan, Error> {
+        let found = match name.strip_prefix("deploy/").or_else(|| name.strip_prefix("deployment/")) {
+            Some(d) => self.plan.pods.iter().find(|p| p.namespace == namespace && p.deployment == d),
+            None => self.plan.pods.iter().find(|p| p.namespace == namespace && p.name == name),
+        };
+        found.ok_or_else(|| Error::NoPod(format!("{namespace}/{name}")))
+    }
+}
+
+/// True when a process with this pid exists.
+pub fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}

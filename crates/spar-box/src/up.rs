@@ -1,0 +1,221 @@
+//! `spar up`: check, plan, build the network, start the control plane and the workloads,
+//! keep the status file current, and tear everything down on Ctrl-C or SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spar_model::{Kind, Resource, Spec};
+use tokio::sync::watch;
+
+use crate::plan::{plan, Plan};
+use crate::spec::BoxSpec;
+use crate::state::{alive, BoxState, Paths, PodStatus};
+use crate::supervise::{ports_ready, supervise, ContainerState};
+use crate::{admin, net, Error};
+
+pub struct UpOptions {
+    pub paths: Vec<PathBuf>,
+    pub box_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// The `spar` binary (runs the control plane and is on the workloads' PATH).
+    pub spar_bin: PathBuf,
+}
+
+/// Everything that can be checked before touching the machine.
+pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot);
+    }
+    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+        if net::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+            return Err(Error::MissingTool { tool, package });
+        }
+    }
+    let paths = Paths::new(&opts.state_dir);
+    if let Ok(s) = BoxState::read(&paths)
+        && alive(s.pid)
+        && s.pid != std::process::id() as i32
+    {
+        return Err(Error::AlreadyRunning(s.pid));
+    }
+    let spec = match &opts.box_file {
+        Some(f) => BoxSpec::parse(&f.display().to_string(), &std::fs::read_to_string(f)?)?,
+        None => BoxSpec::default(),
+    };
+    let loaded = spar_model::load_paths(&opts.paths);
+    if loaded.has_errors() {
+        let p: Vec<String> = loaded.errors().map(|p| p.to_string()).collect();
+        return Err(Error::Invalid(p.join("\n")));
+    }
+    let resources: Vec<Resource> = loaded.resources.into_iter().map(|(r, _)| r).collect();
+    let plan = plan(&resources, &spec)?;
+    Ok((resources, plan))
+}
+
+/// Run the mesh in the foreground until Ctrl-C or SIGTERM.
+pub fn run(opts: UpOptions) -> Result<(), Error> {
+    let (resources, plan) = preflight(&opts)?;
+    let paths = Paths::new(&opts.state_dir);
+    std::fs::create_dir_all(paths.logs())?;
+    // Leftovers of a crashed run would clash with the new namespaces.
+    net::destroy();
+    let namespaces: BTreeMap<String, spar_model::Labels> = resources
+        .iter()
+        .filter(|r| r.kind == Kind::Namespace)
+        .map(|r| (r.name().to_string(), r.meta.labels.clone()))
+        .collect();
+    let mut state = BoxState { pid: std::process::id() as i32, plan: plan.clone(), namespaces, pods: Vec::new(), ready: false };
+    state.write(&paths)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(run_mesh(&opts, &paths, &resources, &mut state));
+    net::destroy();
+    let _ = std::fs::remove_file(paths.state());
+    result
+}
+
+async fn run_mesh(opts: &UpOptions, paths: &Paths, resources: &[Resource], state: &mut BoxState) -> Result<(), Error> {
+    net::create(&state.plan)?;
+    let mut control = start_control(opts, paths).await?;
+    let admin_addr = admin::admin_addr(&paths.control()).ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
+    let body = control_documents(resources, &state.plan);
+    let (code, answer) = admin::post(&admin_addr, "/apply?source=spar-up", &body)?;
+    if code != 200 {
+        let _ = control.kill().await;
+        return Err(Error::Invalid(format!("the control plane refused the mesh config: {answer}")));
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let path_env = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        opts.spar_bin.parent().unwrap_or(Path::new("/")).display()
+    );
+    let mut containers: Vec<(usize, Arc<Mutex<ContainerState>>)> = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, pod) in state.plan.pods.iter().enumerate() {
+        for c in &pod.containers {
+            let cs = Arc::new(Mutex::new(ContainerState::default()));
+            containers.push((i, cs.clone()));
+            let log = paths.pod_log(&pod.namespace, &pod.name);
+            tasks.push(tokio::spawn(supervise(pod.clone(), c.clone(), log, path_env.clone(), cs, stop_rx.clone())));
+        }
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            status = control.wait() => {
+                tracing::error!(?status, "the control plane exited; stopping the mesh");
+                break;
+            }
+            _ = tick.tick() => {
+                refresh_status(state, &containers).await;
+                if let Err(e) = merge_labels_and_write(state, paths) {
+                    tracing::warn!(error = %e, "cannot write the status file");
+                }
+            }
+        }
+    }
+    tracing::info!("stopping the mesh");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = control.start_kill();
+    let _ = control.wait().await;
+    Ok(())
+}
+
+/// `spar label` edits namespace labels in the state file while we run: keep its edits.
+fn merge_labels_and_write(state: &mut BoxState, paths: &Paths) -> Result<(), Error> {
+    if let Ok(on_disk) = BoxState::read(paths) {
+        state.namespaces = on_disk.namespaces;
+    }
+    state.write(paths)
+}
+
+async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<ContainerState>>)]) {
+    let mut pods = Vec::new();
+    for (i, pod) in state.plan.pods.iter().enumerate() {
+        let cs: Vec<ContainerState> = containers
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, c)| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        let running = !cs.is_empty() && cs.iter().all(|c| c.running);
+        let ports: Vec<u32> = pod.containers.iter().flat_map(|c| c.ports.clone()).collect();
+        let (netns, ip) = (pod.netns.clone(), pod.ip);
+        let ready = running && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports)).await.unwrap_or(false);
+        pods.push(PodStatus {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            node: pod.node.clone(),
+            ip: pod.ip.to_string(),
+            ready,
+            containers: cs,
+        });
+    }
+    state.ready = pods.iter().all(|p| p.ready);
+    state.pods = pods;
+}
+
+async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process::Child, Error> {
+    let dir = paths.control();
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_file(dir.join("endpoints.json"));
+    let log = std::fs::File::create(paths.logs().join("control.log"))?;
+    let mut child = tokio::process::Command::new(&opts.spar_bin)
+        .arg("control")
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin::admin_addr(&dir).is_none() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Invalid(format!("the control plane exited ({status}); see {}", paths.logs().join("control.log").display())));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid("the control plane did not start within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(child)
+}
+
+/// Everything the control plane should know: the user's resources (Services with their
+/// virtual IPs filled in) and one Pod per planned replica, placed and addressed.
+pub fn control_documents(resources: &[Resource], plan: &Plan) -> String {
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    for r in resources {
+        let mut v = r.to_value();
+        if let Spec::Service(_) = &r.spec
+            && let Some(s) = plan.services.iter().find(|s| s.namespace == r.namespace() && s.name == r.name())
+        {
+            v["spec"]["clusterIP"] = s.vip.to_string().into();
+        }
+        docs.push(v);
+    }
+    for p in &plan.pods {
+        docs.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": p.name, "namespace": p.namespace, "labels": p.labels },
+            "spec": {
+                "serviceAccountName": p.service_account,
+                "nodeName": p.node,
+                "containers": p.containers.iter().map(|c| serde_json::json!({ "name": c.name, "command": c.command })).collect::<Vec<_>>(),
+            },
+            "status": { "podIP": p.ip.to_string(), "phase": "Running" },
+        }));
+    }
+    docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n---\n")
+}

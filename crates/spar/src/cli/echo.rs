@@ -1,0 +1,100 @@
+//! `spar echo ...`: the test workload's command line.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use spar_echo::{client, server, tcp, PodInfo};
+
+#[derive(Subcommand)]
+pub enum EchoCommand {
+    /// Serve HTTP/1.1 and h2c on --port, plus optional TCP echo and server-first ports.
+    Serve {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        tcp_port: Option<u16>,
+        #[arg(long)]
+        server_first_port: Option<u16>,
+    },
+    /// Send requests and print a summary (status codes, answering versions and pods, latency).
+    Client {
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Requests per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        qps: f64,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Extra header, 'Name: value' (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// HTTP/2 with prior knowledge (h2c).
+        #[arg(long)]
+        http2: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Open a new connection for every request.
+        #[arg(long)]
+        no_keepalive: bool,
+    },
+    /// One TCP exchange: send a message, print what comes back.
+    Tcp {
+        addr: String,
+        #[arg(long, default_value = "hello\n")]
+        message: String,
+    },
+    /// One server-first exchange: print the banner, send a line, print the answer.
+    ServerFirst { addr: String },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    spar_model::duration::parse_duration(s)
+}
+
+pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            EchoCommand::Serve { port, tcp_port, server_first_port } => {
+                let info = PodInfo::from_env(|k| std::env::var(k).ok());
+                let (addr, http) = server::bind_http(port, info.clone()).await?;
+                eprintln!("spar echo: HTTP/1.1 and h2c on {addr}");
+                if let Some(p) = tcp_port {
+                    let (a, _t) = tcp::bind_tcp_echo(p).await?;
+                    eprintln!("spar echo: TCP echo on {a}");
+                    drop(_t);
+                }
+                if let Some(p) = server_first_port {
+                    let (a, _t) = tcp::bind_server_first(p, info).await?;
+                    eprintln!("spar echo: server-first on {a}");
+                    drop(_t);
+                }
+                let _ = http.await;
+            }
+            EchoCommand::Client { url, count, qps, concurrency, headers, http2, json, timeout, no_keepalive } => {
+                let headers = headers
+                    .iter()
+                    .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| spar_echo::Error::Header(h.clone())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let s = client::run(client::Options { url, count, qps, concurrency, headers, http2, timeout, no_keepalive }).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    print!("{s}");
+                }
+                anyhow::ensure!(s.errors < s.requests || s.requests == 0, "every request failed: {}", s.first_error.unwrap_or_default());
+            }
+            EchoCommand::Tcp { addr, message } => print!("{}", tcp::tcp_exchange(&addr, &message).await?),
+            EchoCommand::ServerFirst { addr } => {
+                let (banner, answer) = tcp::server_first_exchange(&addr).await?;
+                println!("{banner}\n{answer}");
+            }
+        }
+        anyhow::Ok(())
+    })
+}
