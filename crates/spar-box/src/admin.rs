@@ -9,11 +9,24 @@ use std::time::Duration;
 pub fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// The admin address a control plane recorded in its state directory.

@@ -4,11 +4,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::state::{alive, BoxState, Paths};
-use crate::{admin, net, Error};
+use crate::state::{BoxState, Paths, alive};
+use crate::{Error, admin, net};
 
 /// Stop the running mesh and remove everything it made, also after a crashed `spar up`.
 pub fn down(state_dir: &Path) -> Result<String, Error> {
@@ -44,7 +44,9 @@ pub fn down(state_dir: &Path) -> Result<String, Error> {
     let left = net::box_namespaces().len();
     let _ = writeln!(said, "removed {} network namespaces", made - left.min(made));
     if left > 0 {
-        return Err(Error::Invalid(format!("{left} network namespaces could not be removed; see `ip netns list`")));
+        return Err(Error::Invalid(format!(
+            "{left} network namespaces could not be removed; see `ip netns list`"
+        )));
     }
     Ok(said)
 }
@@ -56,7 +58,7 @@ fn control_pid(paths: &Paths) -> Option<i32> {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_control = args.iter().any(|a| *a == b"control") && args.iter().any(|a| *a == want.as_bytes());
+        let is_control = args.contains(&&b"control"[..]) && args.contains(&want.as_bytes());
         is_control.then_some(pid)
     })
 }
@@ -69,7 +71,10 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
     for n in &s.plan.nodes {
         let _ = writeln!(out, "{:<9} {:<16} {}", n.name, n.pod_cidr, n.fabric_ip);
     }
-    let _ = writeln!(out, "\nNAMESPACE    POD                      NODE      IP            MODE     READY  RESTARTS");
+    let _ = writeln!(
+        out,
+        "\nNAMESPACE    POD                      NODE      IP            MODE     READY  RESTARTS"
+    );
     for p in &s.pods {
         let restarts: u32 = p.containers.iter().map(|c| c.restarts).sum();
         let _ = writeln!(
@@ -88,15 +93,27 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
 }
 
 /// Run a command inside a pod, passing stdio and the exit code through.
-pub fn exec(state_dir: &Path, namespace: &str, pod: &str, command: &[String]) -> Result<i32, Error> {
+pub fn exec(
+    state_dir: &Path,
+    namespace: &str,
+    pod: &str,
+    command: &[String],
+) -> Result<i32, Error> {
     let s = BoxState::read(&Paths::new(state_dir))?;
     let p = s.find_pod(namespace, pod)?;
     // The `spar` running this command is on the pod's PATH too, as it is for workloads.
-    let mut path = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.display().to_string())).unwrap_or_default();
+    let mut path = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.display().to_string()))
+        .unwrap_or_default();
     if let Ok(p) = std::env::var("PATH") {
         path = format!("{path}:{p}");
     }
-    let status = std::process::Command::new("ip").args(["netns", "exec", &p.netns]).args(command).env("PATH", path).status()?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.netns])
+        .args(command)
+        .env("PATH", path)
+        .status()?;
     Ok(status.code().unwrap_or(128 + status_signal(&status)))
 }
 
@@ -114,7 +131,11 @@ pub fn logs(state_dir: &Path, namespace: &str, pod: &str) -> Result<String, Erro
 }
 
 /// `KEY=VALUE` sets, `KEY-` removes; applied to the control plane at once.
-pub fn label_namespace(state_dir: &Path, namespace: &str, changes: &[String]) -> Result<String, Error> {
+pub fn label_namespace(
+    state_dir: &Path,
+    namespace: &str,
+    changes: &[String],
+) -> Result<String, Error> {
     let paths = Paths::new(state_dir);
     let mut s = BoxState::read(&paths)?;
     let labels = s.namespaces.entry(namespace.to_string()).or_default();
@@ -124,11 +145,14 @@ pub fn label_namespace(state_dir: &Path, namespace: &str, changes: &[String]) ->
         } else if let Some((k, v)) = c.split_once('=') {
             labels.insert(k.to_string(), v.to_string());
         } else {
-            return Err(Error::Invalid(format!("label change {c:?}: use KEY=VALUE or KEY-")));
+            return Err(Error::Invalid(format!(
+                "label change {c:?}: use KEY=VALUE or KEY-"
+            )));
         }
     }
     let doc = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace, "labels": labels } });
-    let admin = admin::admin_addr(&paths.control()).ok_or_else(|| Error::NotRunning(state_dir.display().to_string()))?;
+    let admin = admin::admin_addr(&paths.control())
+        .ok_or_else(|| Error::NotRunning(state_dir.display().to_string()))?;
     let (code, body) = admin::post(&admin, "/apply?source=spar-label", &doc.to_string())?;
     if code != 200 {
         return Err(Error::Invalid(body));

@@ -2,10 +2,17 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the cluster in a box needs root (network namespaces, veth links, nftables): run it with sudo")]
+    #[error(
+        "the cluster in a box needs root (network namespaces, veth links, nftables): run it with sudo"
+    )]
     NotRoot,
-    #[error("`{tool}` is missing: install the Debian package `{package}` (apt-get install {package})")]
-    MissingTool { tool: &'static str, package: &'static str },
+    #[error(
+        "`{tool}` is missing: install the Debian package `{package}` (apt-get install {package})"
+    )]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("invalid topology:\n{0}")]
     Invalid(String),
     #[error("invalid box file {file}: {message}")]

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::plan::{Plan, PodPlan, ServicePlan};
 use crate::Error;
+use crate::plan::{Plan, PodPlan, ServicePlan};
 
 pub const FABRIC_NETNS: &str = "spar-fabric";
 const ETC_NETNS: &str = "/etc/netns";
@@ -40,19 +40,61 @@ pub fn create(plan: &Plan) -> Result<(), Error> {
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         sysctl(ns, "net.ipv4.ip_forward=1")?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
-        let gw = format!("{}/{}", n.gateway, n.pod_cidr.split('/').nth(1).unwrap_or("24"));
+        let gw = format!(
+            "{}/{}",
+            n.gateway,
+            n.pod_cidr.split('/').nth(1).unwrap_or("24")
+        );
         ip(&["-n", ns, "addr", "add", &gw, "dev", "br0"])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
         // The node's uplink: one end on the fabric bridge, one end in the node.
         let fab = format!("n{i}");
-        ip(&["-n", FABRIC_NETNS, "link", "add", &fab, "type", "veth", "peer", "name", "uplink", "netns", ns])?;
-        ip(&["-n", FABRIC_NETNS, "link", "set", &fab, "master", "br0", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/24", n.fabric_ip), "dev", "uplink"])?;
+        ip(&[
+            "-n",
+            FABRIC_NETNS,
+            "link",
+            "add",
+            &fab,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            ns,
+        ])?;
+        ip(&[
+            "-n",
+            FABRIC_NETNS,
+            "link",
+            "set",
+            &fab,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", n.fabric_ip),
+            "dev",
+            "uplink",
+        ])?;
         ip(&["-n", ns, "link", "set", "uplink", "up"])?;
     }
     for n in &plan.nodes {
         for other in plan.nodes.iter().filter(|o| o.name != n.name) {
-            ip(&["-n", &n.netns, "route", "add", &other.pod_cidr, "via", &other.fabric_ip.to_string()])?;
+            ip(&[
+                "-n",
+                &n.netns,
+                "route",
+                "add",
+                &other.pod_cidr,
+                "via",
+                &other.fabric_ip.to_string(),
+            ])?;
         }
     }
     for pod in &plan.pods {
@@ -66,15 +108,57 @@ fn sysctl(ns: &str, kv: &str) -> Result<(), Error> {
 }
 
 fn create_pod(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
-    let node = plan.nodes.iter().find(|n| n.name == pod.node).ok_or_else(|| Error::Invalid(format!("pod {} has no node", pod.name)))?;
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == pod.node)
+        .ok_or_else(|| Error::Invalid(format!("pod {} has no node", pod.name)))?;
     let ns = pod.netns.as_str();
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", &node.netns, "link", "add", &pod.host_veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
-    ip(&["-n", &node.netns, "link", "set", &pod.host_veth, "master", "br0", "up"])?;
-    ip(&["-n", ns, "addr", "add", &format!("{}/{}", pod.ip, pod.prefix), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &node.netns,
+        "link",
+        "add",
+        &pod.host_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns,
+    ])?;
+    ip(&[
+        "-n",
+        &node.netns,
+        "link",
+        "set",
+        &pod.host_veth,
+        "master",
+        "br0",
+        "up",
+    ])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{}/{}", pod.ip, pod.prefix),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    ip(&["-n", ns, "route", "add", "default", "via", &node.gateway.to_string()])?;
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &node.gateway.to_string(),
+    ])?;
     write_etc(plan, pod)?;
     apply_services(pod, &plan.services)
 }
@@ -94,9 +178,18 @@ fn write_etc(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
 
 /// `NAME` (own namespace), `NAME.NS` and `NAME.NS.svc.cluster.local` for every Service.
 pub fn hosts_file(pod: &PodPlan, services: &[ServicePlan]) -> String {
-    let mut s = format!("127.0.0.1 localhost\n::1 localhost\n{} {}\n", pod.ip, pod.name);
+    let mut s = format!(
+        "127.0.0.1 localhost\n::1 localhost\n{} {}\n",
+        pod.ip, pod.name
+    );
     for svc in services {
-        let _ = write!(s, "{} {n}.{ns} {n}.{ns}.svc {n}.{ns}.svc.cluster.local", svc.vip, n = svc.name, ns = svc.namespace);
+        let _ = write!(
+            s,
+            "{} {n}.{ns} {n}.{ns}.svc {n}.{ns}.svc.cluster.local",
+            svc.vip,
+            n = svc.name,
+            ns = svc.namespace
+        );
         if svc.namespace == pod.namespace {
             let _ = write!(s, " {}", svc.name);
         }
@@ -108,15 +201,26 @@ pub fn hosts_file(pod: &PodPlan, services: &[ServicePlan]) -> String {
 /// kube-proxy's role for a pod outside the mesh: VIP:port -> a random ready endpoint, as one
 /// nftables table replaced atomically.
 pub fn service_rules(services: &[ServicePlan]) -> String {
-    let mut s = String::from("table ip spar_services {\n  chain output {\n    type nat hook output priority -100; policy accept;\n");
+    let mut s = String::from(
+        "table ip spar_services {\n  chain output {\n    type nat hook output priority -100; policy accept;\n",
+    );
     for svc in services {
         for p in &svc.ports {
             if p.endpoints.is_empty() {
                 // No endpoints: refuse quickly rather than time out.
-                let _ = writeln!(s, "    ip daddr {} tcp dport {} reject with tcp reset", svc.vip, p.port);
+                let _ = writeln!(
+                    s,
+                    "    ip daddr {} tcp dport {} reject with tcp reset",
+                    svc.vip, p.port
+                );
                 continue;
             }
-            let map: Vec<String> = p.endpoints.iter().enumerate().map(|(i, (ip, port))| format!("{i} : {ip} . {port}")).collect();
+            let map: Vec<String> = p
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, (ip, port))| format!("{i} : {ip} . {port}"))
+                .collect();
             let _ = writeln!(
                 s,
                 "    ip daddr {} tcp dport {} dnat ip to numgen random mod {} map {{ {} }}",
@@ -133,7 +237,10 @@ pub fn service_rules(services: &[ServicePlan]) -> String {
 
 pub fn apply_services(pod: &PodPlan, services: &[ServicePlan]) -> Result<(), Error> {
     // add + delete + define in one transaction: replaces the table whether or not it exists.
-    let text = format!("add table ip spar_services\ndelete table ip spar_services\n{}", service_rules(services));
+    let text = format!(
+        "add table ip spar_services\ndelete table ip spar_services\n{}",
+        service_rules(services)
+    );
     nft(&pod.netns, &text)
 }
 
@@ -150,7 +257,10 @@ pub fn nft(netns: &str, text: &str) -> Result<(), Error> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        return Err(Error::Command { command: format!("nft -f - (in {netns})"), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(Error::Command {
+            command: format!("nft -f - (in {netns})"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -193,16 +303,30 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             vip: vip.into(),
-            ports: vec![ServicePortPlan { port: 80, endpoints: eps.into_iter().map(|(ip, p)| (ip.into(), p)).collect() }],
+            ports: vec![ServicePortPlan {
+                port: 80,
+                endpoints: eps.into_iter().map(|(ip, p)| (ip.into(), p)).collect(),
+            }],
         }
     }
 
     #[test]
     fn rules_and_hosts() {
-        let services = vec![svc("a", "web", [10, 96, 0, 10], vec![([10, 244, 1, 2], 8080), ([10, 244, 2, 2], 8080)]), svc("b", "db", [10, 96, 0, 11], vec![])];
+        let services = vec![
+            svc(
+                "a",
+                "web",
+                [10, 96, 0, 10],
+                vec![([10, 244, 1, 2], 8080), ([10, 244, 2, 2], 8080)],
+            ),
+            svc("b", "db", [10, 96, 0, 11], vec![]),
+        ];
         let rules = service_rules(&services);
         assert!(rules.contains("ip daddr 10.96.0.10 tcp dport 80 dnat ip to numgen random mod 2 map { 0 : 10.244.1.2 . 8080, 1 : 10.244.2.2 . 8080 }"), "{rules}");
-        assert!(rules.contains("ip daddr 10.96.0.11 tcp dport 80 reject with tcp reset"), "{rules}");
+        assert!(
+            rules.contains("ip daddr 10.96.0.11 tcp dport 80 reject with tcp reset"),
+            "{rules}"
+        );
         let pod = PodPlan {
             namespace: "a".into(),
             name: "client-0".into(),
@@ -217,7 +341,13 @@ mod tests {
             containers: vec![],
         };
         let hosts = hosts_file(&pod, &services);
-        assert!(hosts.contains("10.96.0.10 web.a web.a.svc web.a.svc.cluster.local web\n"), "{hosts}");
-        assert!(hosts.contains("10.96.0.11 db.b db.b.svc db.b.svc.cluster.local\n"), "{hosts}");
+        assert!(
+            hosts.contains("10.96.0.10 web.a web.a.svc web.a.svc.cluster.local web\n"),
+            "{hosts}"
+        );
+        assert!(
+            hosts.contains("10.96.0.11 db.b db.b.svc db.b.svc.cluster.local\n"),
+            "{hosts}"
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use spar_model::k8s::IntOrString;
-use spar_model::{labels_match, Kind, Labels, Resource, Spec};
+use spar_model::{Kind, Labels, Resource, Spec, labels_match};
 
-use crate::spec::BoxSpec;
 use crate::Error;
+use crate::spec::BoxSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -95,7 +95,9 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
     let mut pods = Vec::new();
     let mut spread = 0usize;
     for r in resources.iter().filter(|r| r.kind == Kind::Deployment) {
-        let Spec::Deployment(d) = &r.spec else { continue };
+        let Spec::Deployment(d) = &r.spec else {
+            continue;
+        };
         let ns = r.namespace();
         for i in 0..d.replicas.unwrap_or(1) {
             let node_idx = spread % nodes.len();
@@ -104,7 +106,10 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
             let host = next_host[node_idx];
             next_host[node_idx] += 1;
             if host >= (1u32 << (32 - cidr.prefix_len())) - 1 {
-                problems.push(format!("node {} has no addresses left in {cidr}", nodes[node_idx].name));
+                problems.push(format!(
+                    "node {} has no addresses left in {cidr}",
+                    nodes[node_idx].name
+                ));
                 continue;
             }
             let name = format!("{}-{i}", r.name());
@@ -123,7 +128,11 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                         ("HOSTNAME".into(), name.clone()),
                         ("VERSION".into(), version.clone()),
                     ];
-                    env.extend(c.env.iter().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))));
+                    env.extend(
+                        c.env
+                            .iter()
+                            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))),
+                    );
                     ContainerPlan {
                         name: c.name.clone(),
                         command: c.command.iter().chain(&c.args).cloned().collect(),
@@ -155,7 +164,12 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
             Some(ip) if ip != "None" => match ip.parse::<Ipv4Addr>() {
                 Ok(ip) if spec.service_cidr.contains(&ip) => ip,
                 _ => {
-                    problems.push(format!("Service {}/{}: clusterIP {ip} is not in the service CIDR {}", r.namespace(), r.name(), spec.service_cidr));
+                    problems.push(format!(
+                        "Service {}/{}: clusterIP {ip} is not in the service CIDR {}",
+                        r.namespace(),
+                        r.name(),
+                        spec.service_cidr
+                    ));
                     continue;
                 }
             },
@@ -166,49 +180,79 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
         };
         let selected: Vec<&PodPlan> = pods
             .iter()
-            .filter(|p| p.namespace == r.namespace() && !s.selector.is_empty() && labels_match(&s.selector, &p.labels))
+            .filter(|p| {
+                p.namespace == r.namespace()
+                    && !s.selector.is_empty()
+                    && labels_match(&s.selector, &p.labels)
+            })
             .collect();
         let ports = s
             .ports
             .iter()
             .map(|sp| ServicePortPlan {
                 port: sp.port,
-                endpoints: selected.iter().map(|p| (p.ip, target_port(p, sp.target_port.as_ref(), sp.port, resources))).collect(),
+                endpoints: selected
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.ip,
+                            target_port(p, sp.target_port.as_ref(), sp.port, resources),
+                        )
+                    })
+                    .collect(),
             })
             .collect();
-        services.push(ServicePlan { namespace: r.namespace().to_string(), name: r.name().to_string(), vip, ports });
+        services.push(ServicePlan {
+            namespace: r.namespace().to_string(),
+            name: r.name().to_string(),
+            vip,
+            ports,
+        });
     }
     let mut seen = BTreeMap::new();
     for s in &services {
         if let Some(other) = seen.insert(s.vip, format!("{}/{}", s.namespace, s.name)) {
-            problems.push(format!("Services {other} and {}/{} share the virtual IP {}", s.namespace, s.name, s.vip));
+            problems.push(format!(
+                "Services {other} and {}/{} share the virtual IP {}",
+                s.namespace, s.name, s.vip
+            ));
         }
     }
     if !problems.is_empty() {
         return Err(Error::Invalid(problems.join("\n")));
     }
-    Ok(Plan { nodes, pods, services })
+    Ok(Plan {
+        nodes,
+        pods,
+        services,
+    })
 }
 
 fn nth(base: Ipv4Addr, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base).wrapping_add(n))
 }
 
-fn target_port(p: &PodPlan, target: Option<&IntOrString>, port: u32, resources: &[Resource]) -> u32 {
+fn target_port(
+    p: &PodPlan,
+    target: Option<&IntOrString>,
+    port: u32,
+    resources: &[Resource],
+) -> u32 {
     match target {
         None => port,
         Some(IntOrString::Int(n)) => *n,
         Some(IntOrString::String(name)) => resources
             .iter()
             .find_map(|r| match &r.spec {
-                Spec::Deployment(d) if r.name() == p.deployment && r.namespace() == p.namespace => d
-                    .template
-                    .spec
-                    .containers
-                    .iter()
-                    .flat_map(|c| &c.ports)
-                    .find(|cp| cp.name.as_deref() == Some(name))
-                    .map(|cp| cp.container_port),
+                Spec::Deployment(d) if r.name() == p.deployment && r.namespace() == p.namespace => {
+                    d.template
+                        .spec
+                        .containers
+                        .iter()
+                        .flat_map(|c| &c.ports)
+                        .find(|cp| cp.name.as_deref() == Some(name))
+                        .map(|cp| cp.container_port)
+                }
                 _ => None,
             })
             .unwrap_or(port),
@@ -249,26 +293,50 @@ spec:
     #[test]
     fn spreads_pods_and_assigns_addresses() {
         let p = plan(&resources(MESH), &BoxSpec::default()).expect("plans");
-        let placed: Vec<(&str, &str, String)> = p.pods.iter().map(|p| (p.name.as_str(), p.node.as_str(), p.ip.to_string())).collect();
-        assert_eq!(placed, vec![
-            ("web-0", "node-1", "10.244.1.2".to_string()),
-            ("web-1", "node-2", "10.244.2.2".to_string()),
-            ("web-2", "node-1", "10.244.1.3".to_string()),
-        ]);
+        let placed: Vec<(&str, &str, String)> = p
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.node.as_str(), p.ip.to_string()))
+            .collect();
+        assert_eq!(
+            placed,
+            vec![
+                ("web-0", "node-1", "10.244.1.2".to_string()),
+                ("web-1", "node-2", "10.244.2.2".to_string()),
+                ("web-2", "node-1", "10.244.1.3".to_string()),
+            ]
+        );
         assert_eq!(p.nodes[1].gateway.to_string(), "10.244.2.1");
-        assert_eq!(p.pods[0].containers[0].command, vec!["spar", "echo", "serve", "--port", "8080"]);
-        assert!(p.pods[0].containers[0].env.contains(&("VERSION".into(), "v1".into())));
+        assert_eq!(
+            p.pods[0].containers[0].command,
+            vec!["spar", "echo", "serve", "--port", "8080"]
+        );
+        assert!(
+            p.pods[0].containers[0]
+                .env
+                .contains(&("VERSION".into(), "v1".into()))
+        );
         let svc = &p.services[0];
         assert_eq!(svc.vip.to_string(), "10.96.0.10");
         assert_eq!(svc.ports[0].endpoints.len(), 3);
-        assert_eq!(svc.ports[0].endpoints[0].1, 8080, "named targetPort resolves to the container port");
+        assert_eq!(
+            svc.ports[0].endpoints[0].1, 8080,
+            "named targetPort resolves to the container port"
+        );
     }
 
     #[test]
     fn rejects_clashing_and_foreign_vips() {
-        let text = format!("{MESH}---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: shop}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{port: 1}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{clusterIP: 192.168.0.1, ports: [{{port: 1}}]}}\n");
-        let err = plan(&resources(&text), &BoxSpec::default()).expect_err("invalid").to_string();
+        let text = format!(
+            "{MESH}---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: shop}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{port: 1}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{clusterIP: 192.168.0.1, ports: [{{port: 1}}]}}\n"
+        );
+        let err = plan(&resources(&text), &BoxSpec::default())
+            .expect_err("invalid")
+            .to_string();
         assert!(err.contains("share the virtual IP 10.96.0.10"), "{err}");
-        assert!(err.contains("192.168.0.1 is not in the service CIDR"), "{err}");
+        assert!(
+            err.contains("192.168.0.1 is not in the service CIDR"),
+            "{err}"
+        );
     }
 }

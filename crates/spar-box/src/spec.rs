@@ -46,8 +46,14 @@ impl Default for BoxSpec {
     fn default() -> Self {
         BoxSpec {
             nodes: vec![
-                NodeSpec { name: "node-1".into(), pod_cidr: net("10.244.1.0/24") },
-                NodeSpec { name: "node-2".into(), pod_cidr: net("10.244.2.0/24") },
+                NodeSpec {
+                    name: "node-1".into(),
+                    pod_cidr: net("10.244.1.0/24"),
+                },
+                NodeSpec {
+                    name: "node-2".into(),
+                    pod_cidr: net("10.244.2.0/24"),
+                },
             ],
             service_cidr: net("10.96.0.0/16"),
             fabric_cidr: net("172.30.0.0/24"),
@@ -58,14 +64,21 @@ impl Default for BoxSpec {
 impl BoxSpec {
     /// Parse a box file (`apiVersion: spar.dev/v1`, `kind: Box`).
     pub fn parse(file: &str, text: &str) -> Result<BoxSpec, Error> {
-        let bad = |message: String| Error::BoxFile { file: file.into(), message };
-        let f: File = serde_saphyr::from_str(text).map_err(|e| bad(e.to_string().lines().next().unwrap_or("").to_string()))?;
+        let bad = |message: String| Error::BoxFile {
+            file: file.into(),
+            message,
+        };
+        let f: File = serde_saphyr::from_str(text)
+            .map_err(|e| bad(e.to_string().lines().next().unwrap_or("").to_string()))?;
         if f.api_version != "spar.dev/v1" || f.kind != "Box" {
             return Err(bad("expected apiVersion: spar.dev/v1 and kind: Box".into()));
         }
         let spec = BoxSpec {
             nodes: f.spec.nodes,
-            service_cidr: f.spec.service_cidr.unwrap_or_else(|| BoxSpec::default().service_cidr),
+            service_cidr: f
+                .spec
+                .service_cidr
+                .unwrap_or_else(|| BoxSpec::default().service_cidr),
             ..BoxSpec::default()
         };
         spec.check().map_err(bad)?;
@@ -77,22 +90,36 @@ impl BoxSpec {
             return Err("between 1 and 200 nodes are needed".into());
         }
         for (i, n) in self.nodes.iter().enumerate() {
-            let ok = !n.name.is_empty() && n.name.len() <= 40 && n.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            let ok = !n.name.is_empty()
+                && n.name.len() <= 40
+                && n.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
             if !ok {
-                return Err(format!("node name {:?} must be lower-case letters, digits and '-'", n.name));
+                return Err(format!(
+                    "node name {:?} must be lower-case letters, digits and '-'",
+                    n.name
+                ));
             }
             if n.pod_cidr.prefix_len() > 28 {
-                return Err(format!("node {}: podCIDR {} is too small (use /28 or larger)", n.name, n.pod_cidr));
+                return Err(format!(
+                    "node {}: podCIDR {} is too small (use /28 or larger)",
+                    n.name, n.pod_cidr
+                ));
             }
             for m in &self.nodes[..i] {
                 if m.name == n.name {
                     return Err(format!("node {} is listed twice", n.name));
                 }
-                if m.pod_cidr.contains(&n.pod_cidr.network()) || n.pod_cidr.contains(&m.pod_cidr.network()) {
+                if m.pod_cidr.contains(&n.pod_cidr.network())
+                    || n.pod_cidr.contains(&m.pod_cidr.network())
+                {
                     return Err(format!("podCIDRs of {} and {} overlap", m.name, n.name));
                 }
             }
-            if self.service_cidr.contains(&n.pod_cidr.network()) || n.pod_cidr.contains(&self.service_cidr.network()) {
+            if self.service_cidr.contains(&n.pod_cidr.network())
+                || n.pod_cidr.contains(&self.service_cidr.network())
+            {
                 return Err(format!("podCIDR of {} overlaps the serviceCIDR", n.name));
             }
         }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::plan::Plan;
 use crate::supervise::ContainerState;
-use crate::Error;
 
 pub const DEFAULT_STATE_DIR: &str = "/run/spar";
 
@@ -38,7 +38,9 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(root: &Path) -> Self {
-        Paths { root: root.to_path_buf() }
+        Paths {
+            root: root.to_path_buf(),
+        }
     }
     pub fn state(&self) -> PathBuf {
         self.root.join("box.json")
@@ -59,8 +61,10 @@ impl Paths {
 
 impl BoxState {
     pub fn read(paths: &Paths) -> Result<BoxState, Error> {
-        let text = std::fs::read_to_string(paths.state()).map_err(|_| Error::NotRunning(paths.root.display().to_string()))?;
-        serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", paths.state().display())))
+        let text = std::fs::read_to_string(paths.state())
+            .map_err(|_| Error::NotRunning(paths.root.display().to_string()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", paths.state().display())))
     }
 
     /// Write atomically (temp file + rename), so readers never see half a file.
@@ -86,9 +90,20 @@ impl BoxState {
 
     /// Find a pod by name or `deploy/NAME` (the first replica).
     pub fn find_pod(&self, namespace: &str, name: &str) -> Result<&crate::plan::PodPlan, Error> {
-        let found = match name.strip_prefix("deploy/").or_else(|| name.strip_prefix("deployment/")) {
-            Some(d) => self.plan.pods.iter().find(|p| p.namespace == namespace && p.deployment == d),
-            None => self.plan.pods.iter().find(|p| p.namespace == namespace && p.name == name),
+        let found = match name
+            .strip_prefix("deploy/")
+            .or_else(|| name.strip_prefix("deployment/"))
+        {
+            Some(d) => self
+                .plan
+                .pods
+                .iter()
+                .find(|p| p.namespace == namespace && p.deployment == d),
+            None => self
+                .plan
+                .pods
+                .iter()
+                .find(|p| p.namespace == namespace && p.name == name),
         };
         found.ok_or_else(|| Error::NoPod(format!("{namespace}/{name}")))
     }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -37,7 +37,10 @@ pub async fn supervise(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log);
         let (out, err) = match log_file.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
@@ -78,7 +81,9 @@ pub async fn supervise(
             set(&state, |s| s.running = false);
             return;
         };
-        let what = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let what = status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
         tracing::warn!(pod = %pod.name, container = %container.name, %what, "container exited; restarting");
         set(&state, |s| {
             s.running = false;
@@ -108,7 +113,10 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 async fn terminate(pid: Option<u32>, child: &mut tokio::process::Child) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(3), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), child.wait())
+            .await
+            .is_err()
+        {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -125,13 +133,18 @@ pub fn ports_ready(netns: &str, ip: std::net::Ipv4Addr, ports: &[u32]) -> bool {
     let ports = ports.to_vec();
     // A fresh thread: setns changes only the calling thread, which then ends.
     std::thread::spawn(move || {
-        let Ok(f) = std::fs::File::open(&path) else { return false };
+        let Ok(f) = std::fs::File::open(&path) else {
+            return false;
+        };
         if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
             return false;
         }
         ports.iter().all(|p| {
-            let Ok(port) = u16::try_from(*p) else { return false };
-            std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(300)).is_ok()
+            let Ok(port) = u16::try_from(*p) else {
+                return false;
+            };
+            std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(300))
+                .is_ok()
         })
     })
     .join()

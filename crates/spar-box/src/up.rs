@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use spar_model::{Kind, Resource, Spec};
 use tokio::sync::watch;
 
-use crate::plan::{plan, Plan};
+use crate::plan::{Plan, plan};
 use crate::spec::BoxSpec;
-use crate::state::{alive, BoxState, Paths, PodStatus};
-use crate::supervise::{ports_ready, supervise, ContainerState};
-use crate::{admin, net, Error};
+use crate::state::{BoxState, Paths, PodStatus, alive};
+use crate::supervise::{ContainerState, ports_ready, supervise};
+use crate::{Error, admin, net};
 
 pub struct UpOptions {
     pub paths: Vec<PathBuf>,
@@ -67,7 +67,13 @@ pub fn run(opts: UpOptions) -> Result<(), Error> {
         .filter(|r| r.kind == Kind::Namespace)
         .map(|r| (r.name().to_string(), r.meta.labels.clone()))
         .collect();
-    let mut state = BoxState { pid: std::process::id() as i32, plan: plan.clone(), namespaces, pods: Vec::new(), ready: false };
+    let mut state = BoxState {
+        pid: std::process::id() as i32,
+        plan: plan.clone(),
+        namespaces,
+        pods: Vec::new(),
+        ready: false,
+    };
     state.write(&paths)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_mesh(&opts, &paths, &resources, &mut state));
@@ -76,15 +82,23 @@ pub fn run(opts: UpOptions) -> Result<(), Error> {
     result
 }
 
-async fn run_mesh(opts: &UpOptions, paths: &Paths, resources: &[Resource], state: &mut BoxState) -> Result<(), Error> {
+async fn run_mesh(
+    opts: &UpOptions,
+    paths: &Paths,
+    resources: &[Resource],
+    state: &mut BoxState,
+) -> Result<(), Error> {
     net::create(&state.plan)?;
     let mut control = start_control(opts, paths).await?;
-    let admin_addr = admin::admin_addr(&paths.control()).ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
+    let admin_addr = admin::admin_addr(&paths.control())
+        .ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
     let body = control_documents(resources, &state.plan);
     let (code, answer) = admin::post(&admin_addr, "/apply?source=spar-up", &body)?;
     if code != 200 {
         let _ = control.kill().await;
-        return Err(Error::Invalid(format!("the control plane refused the mesh config: {answer}")));
+        return Err(Error::Invalid(format!(
+            "the control plane refused the mesh config: {answer}"
+        )));
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -99,7 +113,14 @@ async fn run_mesh(opts: &UpOptions, paths: &Paths, resources: &[Resource], state
             let cs = Arc::new(Mutex::new(ContainerState::default()));
             containers.push((i, cs.clone()));
             let log = paths.pod_log(&pod.namespace, &pod.name);
-            tasks.push(tokio::spawn(supervise(pod.clone(), c.clone(), log, path_env.clone(), cs, stop_rx.clone())));
+            tasks.push(tokio::spawn(supervise(
+                pod.clone(),
+                c.clone(),
+                log,
+                path_env.clone(),
+                cs,
+                stop_rx.clone(),
+            )));
         }
     }
 
@@ -148,9 +169,16 @@ async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<Co
             .map(|(_, c)| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect();
         let running = !cs.is_empty() && cs.iter().all(|c| c.running);
-        let ports: Vec<u32> = pod.containers.iter().flat_map(|c| c.ports.clone()).collect();
+        let ports: Vec<u32> = pod
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone())
+            .collect();
         let (netns, ip) = (pod.netns.clone(), pod.ip);
-        let ready = running && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports)).await.unwrap_or(false);
+        let ready = running
+            && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports))
+                .await
+                .unwrap_or(false);
         pods.push(PodStatus {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
@@ -181,10 +209,15 @@ async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process
     let deadline = Instant::now() + Duration::from_secs(30);
     while admin::admin_addr(&dir).is_none() {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Invalid(format!("the control plane exited ({status}); see {}", paths.logs().join("control.log").display())));
+            return Err(Error::Invalid(format!(
+                "the control plane exited ({status}); see {}",
+                paths.logs().join("control.log").display()
+            )));
         }
         if Instant::now() > deadline {
-            return Err(Error::Invalid("the control plane did not start within 30 s".into()));
+            return Err(Error::Invalid(
+                "the control plane did not start within 30 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -198,7 +231,10 @@ pub fn control_documents(resources: &[Resource], plan: &Plan) -> String {
     for r in resources {
         let mut v = r.to_value();
         if let Spec::Service(_) = &r.spec
-            && let Some(s) = plan.services.iter().find(|s| s.namespace == r.namespace() && s.name == r.name())
+            && let Some(s) = plan
+                .services
+                .iter()
+                .find(|s| s.namespace == r.namespace() && s.name == r.name())
         {
             v["spec"]["clusterIP"] = s.vip.to_string().into();
         }
@@ -217,5 +253,8 @@ pub fn control_documents(resources: &[Resource], plan: &Plan) -> String {
             "status": { "podIP": p.ip.to_string(), "phase": "Running" },
         }));
     }
-    docs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n---\n")
+    docs.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }

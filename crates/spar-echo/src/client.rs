@@ -52,12 +52,20 @@ impl std::fmt::Display for Summary {
             writeln!(f, "  status {s}: {n}")?;
         }
         for (v, n) in &self.by_version {
-            writeln!(f, "  version {}: {n}", if v.is_empty() { "(none)" } else { v })?;
+            writeln!(
+                f,
+                "  version {}: {n}",
+                if v.is_empty() { "(none)" } else { v }
+            )?;
         }
         for (p, n) in &self.by_pod {
             writeln!(f, "  pod {p}: {n}")?;
         }
-        writeln!(f, "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}", self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms)?;
+        writeln!(
+            f,
+            "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
+        )?;
         if let Some(e) = &self.first_error {
             writeln!(f, "first error: {e}")?;
         }
@@ -78,7 +86,8 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
     }
     let mut headers = http::HeaderMap::new();
     for (k, v) in &opts.headers {
-        let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| Error::Header(k.clone()))?;
+        let name =
+            http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| Error::Header(k.clone()))?;
         let value = http::HeaderValue::from_str(v).map_err(|_| Error::Header(v.clone()))?;
         headers.append(name, value);
     }
@@ -93,8 +102,14 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, next, tally, uri, headers, opts) =
-            (client.clone(), next.clone(), tally.clone(), uri.clone(), headers.clone(), opts.clone());
+        let (client, next, tally, uri, headers, opts) = (
+            client.clone(),
+            next.clone(),
+            tally.clone(),
+            uri.clone(),
+            headers.clone(),
+            opts.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -103,15 +118,25 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
                 }
                 if opts.qps > 0.0 {
                     // Open loop: request i is due at start + i/qps, whatever earlier ones did.
-                    tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / opts.qps)).into()).await;
+                    tokio::time::sleep_until(
+                        (start + Duration::from_secs_f64(i as f64 / opts.qps)).into(),
+                    )
+                    .await;
                 }
-                let mut req = http::Request::get(uri.clone()).body(Empty::new()).unwrap_or_default();
+                let mut req = http::Request::get(uri.clone())
+                    .body(Empty::new())
+                    .unwrap_or_default();
                 *req.headers_mut() = headers.clone();
                 let t0 = Instant::now();
                 let result = tokio::time::timeout(opts.timeout, async {
                     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
                     let status = resp.status().as_u16();
-                    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .to_bytes();
                     Ok::<_, String>((status, body))
                 })
                 .await
@@ -124,7 +149,9 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
                         t.latencies.push(elapsed);
                         *t.summary.by_status.entry(status).or_default() += 1;
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+                            let field = |k: &str| {
+                                v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
+                            };
                             *t.summary.by_version.entry(field("version")).or_default() += 1;
                             *t.summary.by_pod.entry(field("pod")).or_default() += 1;
                         }

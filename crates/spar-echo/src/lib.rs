@@ -11,7 +11,10 @@ pub enum Error {
     #[error("cannot listen on port {port}: {source}")]
     Listen { port: u16, source: std::io::Error },
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("invalid URL {0:?}: use http://HOST:PORT/PATH")]
     Url(String),
     #[error("invalid header {0:?}: use 'Name: value'")]
@@ -33,12 +36,18 @@ impl PodInfo {
     /// Read `POD_NAME`, `POD_NAMESPACE`, `VERSION` (or `POD_VERSION`) and the host name.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
         let hostname = get("HOSTNAME")
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .unwrap_or_default();
         PodInfo {
             pod: get("POD_NAME").unwrap_or_else(|| hostname.clone()),
             namespace: get("POD_NAMESPACE").unwrap_or_default(),
-            version: get("VERSION").or_else(|| get("POD_VERSION")).unwrap_or_default(),
+            version: get("VERSION")
+                .or_else(|| get("POD_VERSION"))
+                .unwrap_or_default(),
             hostname,
         }
     }
@@ -56,5 +65,6 @@ pub fn parse_delay(s: &str) -> Option<std::time::Duration> {
         (s, 1.0)
     };
     let v: f64 = num.parse().ok()?;
-    (v.is_finite() && (0.0..=3600.0).contains(&(v * scale))).then(|| std::time::Duration::from_secs_f64(v * scale))
+    (v.is_finite() && (0.0..=3600.0).contains(&(v * scale)))
+        .then(|| std::time::Duration::from_secs_f64(v * scale))
 }

@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::{parse_delay, Error, PodInfo};
+use crate::{Error, PodInfo, parse_delay};
 
 /// What one request looked like from here.
 #[derive(Debug, Serialize)]
@@ -36,7 +36,10 @@ pub struct Echo<'a> {
 }
 
 /// Bind the HTTP port (0 picks one) and serve forever; returns the bound address first.
-pub async fn bind_http(port: u16, info: PodInfo) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+pub async fn bind_http(
+    port: u16,
+    info: PodInfo,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = TcpListener::bind(("::", port))
         .await
         .or(TcpListener::bind(("0.0.0.0", port)).await)
@@ -45,38 +48,64 @@ pub async fn bind_http(port: u16, info: PodInfo) -> Result<(SocketAddr, tokio::t
     let info = Arc::new(info);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
             let info = info.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(req, peer, info.clone()));
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // Answer clients that half-close after sending (`spar echo tcp`, netcat).
+                builder.http1().half_close(true);
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
     Ok((addr, task))
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, info: Arc<PodInfo>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: Arc<PodInfo>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let query: BTreeMap<String, String> = req
         .uri()
         .query()
         .unwrap_or("")
         .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let peer_identity = headers.get("x-forwarded-client-cert").and_then(|x| {
-        x.split(';').find_map(|part| part.strip_prefix("URI=").or_else(|| part.strip_prefix("By=")).map(str::to_string))
+        // XFCC: `URI=` is the calling peer's identity (`By=` is the proxy's own).
+        x.split(';')
+            .find_map(|part| part.trim().strip_prefix("URI=").map(str::to_string))
     });
-    let (method, path, query_s, protocol) =
-        (req.method().to_string(), req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string(), format!("{:?}", req.version()));
-    let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let (method, path, query_s, protocol) = (
+        req.method().to_string(),
+        req.uri().path().to_string(),
+        req.uri().query().unwrap_or("").to_string(),
+        format!("{:?}", req.version()),
+    );
+    let body_bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     if let Some(d) = query.get("delay").and_then(|d| parse_delay(d)) {
         tokio::time::sleep(d).await;
     }
@@ -91,7 +120,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, info: Arc<PodInfo>) ->
         query: query_s,
         protocol,
         headers,
-        source: peer.to_string(),
+        source: SocketAddr::new(peer.ip().to_canonical(), peer.port()).to_string(),
         hostname: &info.hostname,
         pod: &info.pod,
         namespace: &info.namespace,
@@ -100,7 +129,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, info: Arc<PodInfo>) ->
         body_bytes,
     };
     let text = query.get("format").is_some_and(|f| f == "text");
-    let mut body = if text { text_form(&echo) } else { serde_json::to_string(&echo).unwrap_or_default() + "\n" }.into_bytes();
+    let mut body = if text {
+        text_form(&echo)
+    } else {
+        serde_json::to_string(&echo).unwrap_or_default() + "\n"
+    }
+    .into_bytes();
     // Pad to the requested size with spaces: JSON with trailing whitespace is still JSON.
     if let Some(size) = query.get("size").and_then(|s| s.parse::<usize>().ok()) {
         let size = size.min(64 << 20);
@@ -110,8 +144,15 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, info: Arc<PodInfo>) ->
     }
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    let ct = if text { "text/plain" } else { "application/json" };
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    let ct = if text {
+        "text/plain"
+    } else {
+        "application/json"
+    };
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ct),
+    );
     Ok(resp)
 }
 

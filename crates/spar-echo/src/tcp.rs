@@ -12,7 +12,9 @@ use crate::{Error, PodInfo};
 async fn listen(port: u16) -> Result<TcpListener, Error> {
     match TcpListener::bind(("::", port)).await {
         Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind(("0.0.0.0", port)).await.map_err(|source| Error::Listen { port, source }),
+        Err(_) => TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|source| Error::Listen { port, source }),
     }
 }
 
@@ -20,44 +22,62 @@ async fn listen(port: u16) -> Result<TcpListener, Error> {
 pub async fn bind_tcp_echo(port: u16) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let l = listen(port).await?;
     let addr = l.local_addr()?;
-    Ok((addr, tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    })))
+    Ok((
+        addr,
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }),
+    ))
 }
 
 /// Send a banner first, then answer each line with `echo: LINE` until the client closes.
-pub async fn bind_server_first(port: u16, info: PodInfo) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+pub async fn bind_server_first(
+    port: u16,
+    info: PodInfo,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let l = listen(port).await?;
     let addr = l.local_addr()?;
-    Ok((addr, tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let banner = format!("220 {} spar-echo server-first ready\r\n", info.pod);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                if w.write_all(banner.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if w.write_all(format!("echo: {line}\r\n").as_bytes()).await.is_err() {
+    Ok((
+        addr,
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let banner = format!("220 {} spar-echo server-first ready\r\n", info.pod);
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    if w.write_all(banner.as_bytes()).await.is_err() {
                         return;
                     }
-                }
-            });
-        }
-    })))
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if w.write_all(format!("echo: {line}\r\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        }),
+    ))
 }
 
 async fn connect(addr: &str) -> Result<TcpStream, Error> {
     tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
-        .map_err(|_| Error::Connect { addr: addr.into(), source: std::io::ErrorKind::TimedOut.into() })?
-        .map_err(|source| Error::Connect { addr: addr.into(), source })
+        .map_err(|_| Error::Connect {
+            addr: addr.into(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })?
+        .map_err(|source| Error::Connect {
+            addr: addr.into(),
+            source,
+        })
 }
 
 /// Send `message`, close the sending side, and return everything that came back.
@@ -77,13 +97,14 @@ pub async fn server_first_exchange(addr: &str) -> Result<(String, String), Error
     let s = connect(addr).await?;
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
-    let read_line = async |r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>| -> Result<String, Error> {
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
-            .await
-            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-        Ok(line.trim_end().to_string())
-    };
+    let read_line =
+        async |r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>| -> Result<String, Error> {
+            let mut line = String::new();
+            tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+                .await
+                .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            Ok(line.trim_end().to_string())
+        };
     let banner = read_line(&mut r).await?;
     w.write_all(b"hello\r\n").await?;
     let answer = read_line(&mut r).await?;

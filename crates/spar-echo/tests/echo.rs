@@ -2,10 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use spar_echo::{client, server, tcp, PodInfo};
+use spar_echo::{PodInfo, client, server, tcp};
 
 fn info(version: &str) -> PodInfo {
-    PodInfo { hostname: "h".into(), pod: format!("echo-{version}"), namespace: "test".into(), version: version.into() }
+    PodInfo {
+        hostname: "h".into(),
+        pod: format!("echo-{version}"),
+        namespace: "test".into(),
+        version: version.into(),
+    }
 }
 
 fn opts(url: String, http2: bool) -> client::Options {
@@ -25,7 +30,12 @@ fn opts(url: String, http2: bool) -> client::Options {
 async fn http1_and_h2c_report_what_they_saw() {
     let (addr, _t) = server::bind_http(0, info("v1")).await.expect("binds");
     for http2 in [false, true] {
-        let s = client::run(opts(format!("http://127.0.0.1:{}/hello", addr.port()), http2)).await.expect("runs");
+        let s = client::run(opts(
+            format!("http://127.0.0.1:{}/hello", addr.port()),
+            http2,
+        ))
+        .await
+        .expect("runs");
         assert_eq!(s.requests, 20);
         assert_eq!(s.by_status.get(&200), Some(&20), "{s}");
         assert_eq!(s.by_version.get("v1"), Some(&20));
@@ -33,38 +43,60 @@ async fn http1_and_h2c_report_what_they_saw() {
     }
     // One request, read raw, to check the reported fields.
     let body = tcp::tcp_exchange(
-        &addr.to_string(),
+        &format!("127.0.0.1:{}", addr.port()),
         "GET /x?format=text HTTP/1.1\r\nHost: a\r\nX-Forwarded-Client-Cert: By=spiffe://td/ns/a/sa/b;URI=spiffe://cluster.local/ns/test/sa/client\r\nConnection: close\r\n\r\n",
     )
     .await
     .expect("exchange");
-    assert!(body.contains("method=GET path=/x protocol=HTTP/1.1"), "{body}");
+    assert!(
+        body.contains("method=GET path=/x protocol=HTTP/1.1"),
+        "{body}"
+    );
     assert!(body.contains("source=127.0.0.1:"), "{body}");
-    assert!(body.contains("peer_identity=spiffe://cluster.local/ns/test/sa/client"), "{body}");
+    assert!(
+        body.contains("peer_identity=spiffe://cluster.local/ns/test/sa/client"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn status_delay_and_size() {
     let (addr, _t) = server::bind_http(0, info("v2")).await.expect("binds");
-    let mut o = opts(format!("http://127.0.0.1:{}/?status=503&delay=300ms", addr.port()), false);
+    let mut o = opts(
+        format!("http://127.0.0.1:{}/?status=503&delay=300ms", addr.port()),
+        false,
+    );
     o.count = 4;
     let t0 = Instant::now();
     let s = client::run(o).await.expect("runs");
     assert_eq!(s.by_status.get(&503), Some(&4), "{s}");
-    assert!(s.p50_ms >= 300.0 && t0.elapsed() >= Duration::from_millis(300), "{s}");
-    let body = tcp::tcp_exchange(&addr.to_string(), "GET /?size=4096 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("exchange");
+    assert!(
+        s.p50_ms >= 300.0 && t0.elapsed() >= Duration::from_millis(300),
+        "{s}"
+    );
+    let body = tcp::tcp_exchange(
+        &format!("127.0.0.1:{}", addr.port()),
+        "GET /?size=4096 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("exchange");
     let (head, payload) = body.split_once("\r\n\r\n").expect("http");
     assert!(head.contains("content-length: 4096"), "{head}");
     assert_eq!(payload.len(), 4096);
-    assert!(serde_json::from_str::<serde_json::Value>(payload).is_ok(), "padded JSON stays JSON");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(payload).is_ok(),
+        "padded JSON stays JSON"
+    );
 }
 
 #[tokio::test]
 async fn client_counts_transport_errors_and_paces() {
     // Nothing listens on this port (bound then dropped).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let mut o = opts(format!("http://127.0.0.1:{port}/"), false);
     o.count = 3;
     let s = client::run(o).await.expect("runs");
@@ -82,9 +114,16 @@ async fn client_counts_transport_errors_and_paces() {
 #[tokio::test]
 async fn tcp_echo_and_server_first() {
     let (addr, _t) = tcp::bind_tcp_echo(0).await.expect("binds");
-    assert_eq!(tcp::tcp_exchange(&addr.to_string(), "ping\n").await.expect("echo"), "ping\n");
+    assert_eq!(
+        tcp::tcp_exchange(&addr.to_string(), "ping\n")
+            .await
+            .expect("echo"),
+        "ping\n"
+    );
     let (addr, _t) = tcp::bind_server_first(0, info("v1")).await.expect("binds");
-    let (banner, answer) = tcp::server_first_exchange(&addr.to_string()).await.expect("exchange");
+    let (banner, answer) = tcp::server_first_exchange(&addr.to_string())
+        .await
+        .expect("exchange");
     assert_eq!(banner, "220 echo-v1 spar-echo server-first ready");
     assert_eq!(answer, "echo: hello");
 }

@@ -1,9 +1,7 @@
 //! `spar apply -f FILE` / `spar delete -f FILE`: send YAML to the control plane's admin API.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -16,17 +14,16 @@ pub struct FileArgs {
     /// Admin address of the control plane (default: from the state directory, else 127.0.0.1:15014).
     #[arg(long)]
     admin: Option<String>,
-    #[arg(long, default_value = "/run/spar/control")]
+    /// A box's state directory, or a control plane's own (`spar control --state-dir`).
+    #[arg(long, default_value = "/run/spar")]
     state_dir: PathBuf,
 }
 
 pub fn apply(args: &FileArgs, path: &str) -> anyhow::Result<()> {
     let admin = match &args.admin {
         Some(a) => a.clone(),
-        None => std::fs::read_to_string(args.state_dir.join("endpoints.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["admin"].as_str().map(str::to_string))
+        None => spar_box::admin::admin_addr(&args.state_dir.join("control"))
+            .or_else(|| spar_box::admin::admin_addr(&args.state_dir))
             .unwrap_or_else(|| "127.0.0.1:15014".into()),
     };
     let mut failed = false;
@@ -44,8 +41,16 @@ pub fn apply(args: &FileArgs, path: &str) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", f.display()))?,
             )
         };
-        let (code, body) = post(&admin, &format!("{path}?source={}", encode(&name)), &text)
-            .with_context(|| format!("cannot reach the control plane's admin API at {admin}; is `spar control` running?"))?;
+        let (code, body) = spar_box::admin::post(
+            &admin,
+            &format!("{path}?source={}", encode(&name)),
+            &text,
+        )
+        .with_context(|| {
+            format!(
+                "cannot reach the control plane's admin API at {admin}; is `spar control` running?"
+            )
+        })?;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
         for key in ["applied", "deleted"] {
             for k in v[key].as_array().into_iter().flatten() {
@@ -87,28 +92,4 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// A minimal HTTP/1.0 POST over loopback (the admin API is local and plain).
-fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use spar_echo::{client, server, tcp, PodInfo};
+use spar_echo::{PodInfo, client, server, tcp};
 
 #[derive(Subcommand)]
 pub enum EchoCommand {
@@ -60,7 +60,11 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         match cmd {
-            EchoCommand::Serve { port, tcp_port, server_first_port } => {
+            EchoCommand::Serve {
+                port,
+                tcp_port,
+                server_first_port,
+            } => {
                 let info = PodInfo::from_env(|k| std::env::var(k).ok());
                 let (addr, http) = server::bind_http(port, info.clone()).await?;
                 eprintln!("spar echo: HTTP/1.1 and h2c on {addr}");
@@ -76,20 +80,50 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 }
                 let _ = http.await;
             }
-            EchoCommand::Client { url, count, qps, concurrency, headers, http2, json, timeout, no_keepalive } => {
+            EchoCommand::Client {
+                url,
+                count,
+                qps,
+                concurrency,
+                headers,
+                http2,
+                json,
+                timeout,
+                no_keepalive,
+            } => {
                 let headers = headers
                     .iter()
-                    .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| spar_echo::Error::Header(h.clone())))
+                    .map(|h| {
+                        h.split_once(':')
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                            .ok_or_else(|| spar_echo::Error::Header(h.clone()))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
-                let s = client::run(client::Options { url, count, qps, concurrency, headers, http2, timeout, no_keepalive }).await?;
+                let s = client::run(client::Options {
+                    url,
+                    count,
+                    qps,
+                    concurrency,
+                    headers,
+                    http2,
+                    timeout,
+                    no_keepalive,
+                })
+                .await?;
                 if json {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
                     print!("{s}");
                 }
-                anyhow::ensure!(s.errors < s.requests || s.requests == 0, "every request failed: {}", s.first_error.unwrap_or_default());
+                anyhow::ensure!(
+                    s.errors < s.requests || s.requests == 0,
+                    "every request failed: {}",
+                    s.first_error.unwrap_or_default()
+                );
             }
-            EchoCommand::Tcp { addr, message } => print!("{}", tcp::tcp_exchange(&addr, &message).await?),
+            EchoCommand::Tcp { addr, message } => {
+                print!("{}", tcp::tcp_exchange(&addr, &message).await?)
+            }
             EchoCommand::ServerFirst { addr } => {
                 let (banner, answer) = tcp::server_first_exchange(&addr).await?;
                 println!("{banner}\n{answer}");

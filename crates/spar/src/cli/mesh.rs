@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use spar_box::state::{alive, BoxState, Paths, DEFAULT_STATE_DIR};
+use spar_box::state::{BoxState, DEFAULT_STATE_DIR, Paths, alive};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -90,14 +90,22 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(b) = &args.box_file {
         cmd.arg("--box").arg(b);
     }
-    cmd.args(&args.paths).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(&args.paths)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn().context("cannot start the mesh in the background")?;
+    let child = cmd
+        .spawn()
+        .context("cannot start the mesh in the background")?;
     let pid = child.id() as i32;
     let deadline = Instant::now() + args.timeout;
     loop {
         std::thread::sleep(Duration::from_millis(250));
-        if !alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+        if !alive(pid)
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+        {
             let log = std::fs::read_to_string(paths.daemon_log()).unwrap_or_default();
             anyhow::bail!("the mesh did not start:\n{log}");
         }
@@ -106,12 +114,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             && !s.pods.is_empty()
         {
             print!("{}", spar_box::commands::status(&args.state_dir)?);
-            println!("\nThe mesh is running. Try:\n  spar exec -n <ns> deploy/<name> -- spar echo client http://<service>:<port>/ --count 10\n  spar status\n  spar down");
+            println!(
+                "\nThe mesh is running. Try:\n  spar exec -n <ns> deploy/<name> -- spar echo client http://<service>:<port>/ --count 10\n  spar status\n  spar down"
+            );
             return Ok(());
         }
         if Instant::now() > deadline {
             let st = spar_box::commands::status(&args.state_dir).unwrap_or_default();
-            anyhow::bail!("pods not ready within {:?} (the mesh keeps running; `spar down` stops it):\n{st}", args.timeout);
+            anyhow::bail!(
+                "pods not ready within {:?} (the mesh keeps running; `spar down` stops it):\n{st}",
+                args.timeout
+            );
         }
     }
 }
@@ -127,7 +140,12 @@ pub fn status(args: StateArgs) -> anyhow::Result<()> {
 }
 
 pub fn exec(args: ExecArgs) -> ExitCode {
-    match spar_box::commands::exec(&args.pod.state_dir, &args.pod.namespace, &args.pod.pod, &args.command) {
+    match spar_box::commands::exec(
+        &args.pod.state_dir,
+        &args.pod.namespace,
+        &args.pod.pod,
+        &args.command,
+    ) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("spar: {e}");
@@ -137,12 +155,21 @@ pub fn exec(args: ExecArgs) -> ExitCode {
 }
 
 pub fn logs(args: PodArgs) -> anyhow::Result<()> {
-    print!("{}", spar_box::commands::logs(&args.state_dir, &args.namespace, &args.pod)?);
+    print!(
+        "{}",
+        spar_box::commands::logs(&args.state_dir, &args.namespace, &args.pod)?
+    );
     Ok(())
 }
 
 pub fn label(args: LabelArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(matches!(args.kind.as_str(), "namespace" | "ns" | "namespaces"), "only `spar label namespace NAME KEY=VALUE` is supported");
-    print!("{}", spar_box::commands::label_namespace(&args.state_dir, &args.name, &args.changes)?);
+    anyhow::ensure!(
+        matches!(args.kind.as_str(), "namespace" | "ns" | "namespaces"),
+        "only `spar label namespace NAME KEY=VALUE` is supported"
+    );
+    print!(
+        "{}",
+        spar_box::commands::label_namespace(&args.state_dir, &args.name, &args.changes)?
+    );
     Ok(())
 }
