@@ -29,6 +29,26 @@ pub fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)
     ))
 }
 
+/// GET `path`; returns (status code, response body).
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: spar\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
 /// The admin address a control plane recorded in its state directory.
 pub fn admin_addr(control_state: &Path) -> Option<String> {
     let text = std::fs::read_to_string(control_state.join("endpoints.json")).ok()?;

@@ -89,7 +89,44 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
             restarts
         );
     }
+    out.push_str(&control_status(&Paths::new(state_dir)));
     Ok(out)
+}
+
+/// Connected proxies and NACKs, as the control plane reports them (empty when unreachable).
+fn control_status(paths: &Paths) -> String {
+    let Some(admin) = admin::admin_addr(&paths.control()) else {
+        return String::new();
+    };
+    let Ok((200, body)) = admin::get(&admin, "/debug/status") else {
+        return String::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let proxies = v["proxies"].as_array().map(Vec::len).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "\nCONTROL PLANE  config generation {}, {proxies} proxies connected",
+        v["generation"]
+    );
+    for p in v["proxies"].as_array().into_iter().flatten() {
+        for (type_url, t) in p["types"].as_object().into_iter().flatten() {
+            if let Some(nack) = t["nack"].as_array() {
+                let msg = nack.get(1).and_then(|m| m.as_str()).unwrap_or("");
+                let _ = writeln!(
+                    out,
+                    "  NACK from {} for {type_url}: {msg}",
+                    p["subject"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    for r in v["rejected_config"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  rejected config: {}", r.as_str().unwrap_or(""));
+    }
+    out
 }
 
 /// Run a command inside a pod, passing stdio and the exit code through.
