@@ -11,7 +11,7 @@ pub fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
-        "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: spar\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut out = String::new();

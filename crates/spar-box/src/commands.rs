@@ -36,7 +36,7 @@ pub fn down(state_dir: &Path) -> Result<String, Error> {
         }
         let _ = writeln!(said, "stopped the mesh (spar up pid {})", s.pid);
     }
-    if let Some(pid) = control_pid(&paths) {
+    for pid in helper_pids(&paths) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     net::destroy();
@@ -51,16 +51,25 @@ pub fn down(state_dir: &Path) -> Result<String, Error> {
     Ok(said)
 }
 
-/// The control plane a crashed box left behind, found by its state directory argument.
-fn control_pid(paths: &Paths) -> Option<i32> {
-    let want = paths.control().display().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_control = args.contains(&&b"control"[..]) && args.contains(&want.as_bytes());
-        is_control.then_some(pid)
-    })
+/// The control plane and node proxies a crashed box left behind: `spar control` or
+/// `spar proxy` processes whose arguments point into this state directory.
+fn helper_pids(paths: &Paths) -> Vec<i32> {
+    let root = paths.root.display().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let helper = matches!(args.get(1).map(String::as_str), Some("control" | "proxy"));
+            (helper && args.iter().any(|a| a.starts_with(&root))).then_some(pid)
+        })
+        .collect()
 }
 
 /// Nodes and pods as a table.

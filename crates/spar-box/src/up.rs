@@ -22,6 +22,8 @@ pub struct UpOptions {
     pub state_dir: PathBuf,
     /// The `spar` binary (runs the control plane and is on the workloads' PATH).
     pub spar_bin: PathBuf,
+    /// Workload certificate lifetime (`spar control --cert-ttl`), e.g. `30s` for rotation tests.
+    pub cert_ttl: Option<String>,
 }
 
 /// Everything that can be checked before touching the machine.
@@ -102,6 +104,16 @@ async fn run_mesh(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut proxies = Vec::new();
+    for n in &state.plan.nodes {
+        proxies.push(tokio::spawn(run_node_proxy(
+            opts.spar_bin.clone(),
+            paths.root.clone(),
+            admin_addr.clone(),
+            n.name.clone(),
+            stop_rx.clone(),
+        )));
+    }
     let path_env = format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         opts.spar_bin.parent().unwrap_or(Path::new("/")).display()
@@ -144,7 +156,7 @@ async fn run_mesh(
     }
     tracing::info!("stopping the mesh");
     let _ = stop_tx.send(true);
-    for t in tasks {
+    for t in tasks.into_iter().chain(proxies) {
         let _ = t.await;
     }
     let _ = control.start_kill();
@@ -202,6 +214,11 @@ async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process
         .arg("--state-dir")
         .arg(&dir)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(
+            opts.cert_ttl
+                .iter()
+                .flat_map(|t| ["--cert-ttl", t.as_str()]),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -222,6 +239,90 @@ async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(child)
+}
+
+/// One node proxy per node, restarted if it exits, with a node token minted for it.
+async fn run_node_proxy(
+    spar: PathBuf,
+    root: PathBuf,
+    admin_addr: String,
+    node: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let paths = Paths::new(&root);
+    let token_file = root.join("tokens").join(format!("{node}.token"));
+    let body = serde_json::json!({ "kind": "node", "name": node, "ttl_seconds": 7 * 24 * 3600 })
+        .to_string();
+    let token = admin::post(&admin_addr, "/token", &body)
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["token"].as_str().map(str::to_string));
+    let Some(token) = token else {
+        return tracing::error!(%node, "cannot mint a token for the node proxy");
+    };
+    let written = std::fs::create_dir_all(root.join("tokens")).and_then(|_| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&token_file)?
+            .write_all(token.as_bytes())
+    });
+    if let Err(e) = written {
+        return tracing::error!(%node, error = %e, "cannot write the node token");
+    }
+    let grpc = std::fs::read_to_string(paths.control().join("endpoints.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["grpc"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _ = std::fs::create_dir_all(root.join("proxies"));
+    loop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.logs().join(format!("proxy-{node}.log")));
+        let mut cmd = tokio::process::Command::new(&spar);
+        cmd.args([
+            "proxy",
+            "node",
+            "--node",
+            &node,
+            "--xds",
+            &grpc,
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--root-cert")
+        .arg(paths.control().join("ca").join("root-cert.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--endpoints-file")
+        .arg(root.join("proxies").join(format!("{node}.json")))
+        .stdout(Stdio::null())
+        .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
+        .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(%node, error = %e, "cannot start the node proxy"),
+        };
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match exited {
+            Some(status) => tracing::warn!(%node, ?status, "node proxy exited; restarting"),
+            None => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Everything the control plane should know: the user's resources (Services with their

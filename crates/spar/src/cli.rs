@@ -4,6 +4,7 @@ mod admin_client;
 mod control;
 mod echo;
 mod mesh;
+mod proxy;
 mod validate;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ enum Command {
     Logs(mesh::PodArgs),
     /// Change namespace labels live: spar label namespace NS KEY=VALUE|KEY-
     Label(mesh::LabelArgs),
+    /// Run a data-plane proxy.
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
     /// The test workload: echo server, load client, TCP and server-first exchanges.
     #[command(subcommand)]
     Echo(echo::EchoCommand),
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => admin_client::apply(&args, "/apply"),
         Command::Delete(args) => admin_client::apply(&args, "/delete"),
         Command::Echo(cmd) => echo::run(cmd),
+        Command::Proxy(cmd) => proxy::run(cmd),
         Command::Up(args) => mesh::up(args),
         Command::Down(args) => mesh::down(args),
         Command::Status(args) => mesh::status(args),

@@ -24,6 +24,9 @@ pub struct UpArgs {
     timeout: Duration,
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Workload certificate lifetime issued by the box's CA (default 24h; e.g. 30s to watch rotation).
+    #[arg(long)]
+    cert_ttl: Option<String>,
 }
 
 #[derive(Args)]
@@ -74,6 +77,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         box_file: args.box_file.clone(),
         state_dir: args.state_dir.clone(),
         spar_bin: spar_bin.clone(),
+        cert_ttl: args.cert_ttl.clone(),
     };
     if !args.detach {
         eprintln!("spar up: starting the mesh; Ctrl-C stops it and removes everything");
@@ -89,6 +93,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     cmd.arg("up").arg("--state-dir").arg(&args.state_dir);
     if let Some(b) = &args.box_file {
         cmd.arg("--box").arg(b);
+    }
+    if let Some(t) = &args.cert_ttl {
+        cmd.arg("--cert-ttl").arg(t);
     }
     cmd.args(&args.paths)
         .stdin(Stdio::null())

@@ -1,0 +1,99 @@
+//! The node proxy's HTTP endpoints: Prometheus metrics (`/metrics`, `/stats/prometheus`),
+//! readiness (`/healthz/ready`, ready once the first config arrived) and a config dump.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
+    let mut registry = Registry::default();
+    node.metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        let (node, registry) = (node.clone(), registry.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (node, registry) = (node.clone(), registry.clone());
+                async move { Ok::<_, Infallible>(handle(req, &node, &registry)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+fn handle(
+    req: Request<hyper::body::Incoming>,
+    node: &Node,
+    registry: &Registry,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" | "/stats/prometheus" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, registry) {
+                Ok(()) => (StatusCode::OK, out),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        "/healthz/ready" => {
+            if *node.generation.borrow() > 0 {
+                (StatusCode::OK, "ready\n".into())
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for config from the control plane\n".into(),
+                )
+            }
+        }
+        "/config_dump" => (StatusCode::OK, config_dump(node)),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz/ready or /config_dump\n".into(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn config_dump(node: &Node) -> String {
+    let state = node.state.load_full();
+    let certs: Vec<serde_json::Value> = node
+        .certs
+        .dump()
+        .into_iter()
+        .map(|(id, exp)| {
+            let secs = exp
+                .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            serde_json::json!({ "identity": id, "expires_unix": secs })
+        })
+        .collect();
+    let dump = serde_json::json!({
+        "node": node.name,
+        "generation": *node.generation.borrow(),
+        "enrolled": *node.enrolled.lock().unwrap_or_else(|e| e.into_inner()),
+        "certificates": certs,
+        "workloads": state.workloads.values().map(|w| w.as_ref()).collect::<Vec<_>>(),
+        "services": state.services.values().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        "policies": state.policies,
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}
+
+/// Bind the admin address (port 0 picks one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,175 @@
+//! HBONE: HTTP/2 CONNECT over mTLS to a pod's 15008. The client pools connections per
+//! (source identity, destination identity, destination address) and opens a new one when a
+//! connection has carried its share of streams, so a busy pool spreads over several
+//! connections (and so over worker threads). The server answers 200, 401, 503 or 400.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use tokio_rustls::TlsConnector;
+
+use crate::Error;
+use crate::certs::CertManager;
+use crate::inpod::{OUTBOUND_MARK, PodNet};
+
+/// Streams per pooled connection before another is opened (ztunnel allows 100).
+const STREAMS_PER_CONN: usize = 100;
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct PoolKey {
+    src: String,
+    dst: String,
+    addr: SocketAddr,
+}
+
+struct Pooled {
+    sender: SendRequest<Empty<Bytes>>,
+    streams: Arc<()>,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    conns: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+}
+
+/// One tunnel request.
+pub struct Connect<'a> {
+    pub net: &'a PodNet,
+    pub src_identity: &'a str,
+    pub dst_identity: &'a str,
+    pub addr: SocketAddr,
+    pub target: SocketAddr,
+    pub src_addr: SocketAddr,
+}
+
+impl Pool {
+    /// Open a tunnel to `c.target` through `c.addr`; returns the byte stream and a guard that
+    /// counts the stream against its connection while it lives.
+    pub async fn connect(
+        &self,
+        certs: &Arc<CertManager>,
+        roots: &Arc<RootCertStore>,
+        c: Connect<'_>,
+    ) -> Result<(Upgraded, Arc<()>), Error> {
+        let key = PoolKey {
+            src: c.src_identity.into(),
+            dst: c.dst_identity.into(),
+            addr: c.addr,
+        };
+        let (mut sender, guard) = match self.reuse(&key) {
+            Some(p) => p,
+            None => {
+                let sender = dial(certs, roots, &c).await?;
+                let guard = Arc::new(());
+                let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+                conns.entry(key).or_default().push(Pooled {
+                    sender: sender.clone(),
+                    streams: guard.clone(),
+                });
+                (sender, guard)
+            }
+        };
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(c.target.to_string())
+            .header("forwarded", format!("for=\"{}\"", c.src_addr))
+            .header("traceparent", traceparent())
+            .header("baggage", "")
+            .body(Empty::new())
+            .map_err(|e| Error::Upstream {
+                addr: c.addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| Error::Upstream {
+                addr: c.addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        if resp.status() != StatusCode::OK {
+            return Err(Error::HboneStatus {
+                addr: c.target.to_string(),
+                status: resp.status().as_u16(),
+            });
+        }
+        let io = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| Error::Upstream {
+                addr: c.addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok((io, guard))
+    }
+
+    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<()>)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let list = conns.get_mut(key)?;
+        list.retain(|p| !p.sender.is_closed());
+        list.iter()
+            .filter(|p| p.sender.is_ready() && Arc::strong_count(&p.streams) <= STREAMS_PER_CONN)
+            .min_by_key(|p| Arc::strong_count(&p.streams))
+            .map(|p| (p.sender.clone(), p.streams.clone()))
+    }
+}
+
+async fn dial(
+    certs: &Arc<CertManager>,
+    roots: &Arc<RootCertStore>,
+    c: &Connect<'_>,
+) -> Result<SendRequest<Empty<Bytes>>, Error> {
+    let up = |reason: String| Error::Upstream {
+        addr: c.addr.to_string(),
+        reason,
+    };
+    certs.get(c.src_identity).await?;
+    let cfg = crate::tls::client_config(certs.slot(c.src_identity), roots.clone(), c.dst_identity)?;
+    let tcp = c
+        .net
+        .connect(c.addr, OUTBOUND_MARK, None)
+        .await
+        .map_err(|e| up(e.to_string()))?;
+    // No SNI is sent; the name only satisfies the API.
+    let name = rustls_pki_types::ServerName::IpAddress(c.addr.ip().into());
+    let tls = TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| up(format!("mTLS: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| up(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HBONE connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// A fresh W3C trace context for each tunnel.
+fn traceparent() -> String {
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random();
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// The server side's answer for a request that is not a well-formed CONNECT.
+pub fn bad_request(why: &str) -> Response<Empty<Bytes>> {
+    tracing::debug!(why, "HBONE request rejected");
+    status(StatusCode::BAD_REQUEST)
+}
+
+pub fn status(s: StatusCode) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = s;
+    r
+}

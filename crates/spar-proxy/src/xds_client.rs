@@ -1,0 +1,185 @@
+//! The delta ADS client: subscribe to addresses and authorizations, apply updates and
+//! removals, ACK or NACK each response, and publish a new `State`. When the control plane is
+//! unreachable the last state stays in force; on reconnect it sends the versions it holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use spar_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use spar_xds::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus,
+};
+use spar_xds::security::Authorization;
+use spar_xds::workload::{Address, Service, Workload, address};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use tokio::sync::{mpsc, watch};
+
+use crate::control::ControlPlane;
+use crate::state::State;
+
+#[derive(Default)]
+struct Held {
+    workloads: BTreeMap<String, Workload>,
+    services: BTreeMap<String, Service>,
+    policies: BTreeMap<String, Authorization>,
+    versions: HashMap<String, HashMap<String, String>>,
+}
+
+/// Keep `state` in sync with the control plane, forever. `changed` ticks after each update.
+pub async fn run(
+    control: ControlPlane,
+    node_id: String,
+    state: Arc<ArcSwap<State>>,
+    changed: watch::Sender<u64>,
+) {
+    let mut held = Held::default();
+    let mut backoff = Duration::from_millis(200);
+    let mut generation = 0u64;
+    loop {
+        match session(
+            &control,
+            &node_id,
+            &mut held,
+            &state,
+            &changed,
+            &mut generation,
+        )
+        .await
+        {
+            Ok(()) => tracing::warn!("control plane closed the xDS stream; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "xDS stream failed; keeping the last config and retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn session(
+    control: &ControlPlane,
+    node_id: &str,
+    held: &mut Held,
+    state: &ArcSwap<State>,
+    changed: &watch::Sender<u64>,
+    generation: &mut u64,
+) -> Result<(), String> {
+    let bearer = control.bearer().map_err(|e| e.to_string())?;
+    let channel = control.channel().map_err(|e| e.to_string())?;
+    let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        },
+    );
+    let (tx, rx) = mpsc::channel(16);
+    for type_url in [ADDRESS_TYPE, AUTHORIZATION_TYPE] {
+        let initial_resource_versions = held
+            .versions
+            .get(type_url)
+            .map(|v| v.clone().into_iter().collect())
+            .unwrap_or_default();
+        let req = DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: node_id.to_string(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            initial_resource_versions,
+            ..Default::default()
+        };
+        tx.send(req).await.map_err(|e| e.to_string())?;
+    }
+    let mut stream = client
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    tracing::info!(addr = %control.addr, "xDS stream open");
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+    {
+        let ack = match apply(held, &resp) {
+            Ok(()) => {
+                *generation += 1;
+                state.store(Arc::new(State::build(
+                    held.workloads.clone(),
+                    held.services.clone(),
+                    held.policies.clone(),
+                )));
+                let _ = changed.send(*generation);
+                DeltaDiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                tracing::warn!(type_url = %resp.type_url, error = %e, "rejecting config (NACK); keeping the last good one");
+                DeltaDiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(RpcStatus {
+                        code: 3,
+                        message: e,
+                        details: vec![],
+                    }),
+                    ..Default::default()
+                }
+            }
+        };
+        tx.send(ack).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Apply one response, all or nothing: a resource that does not decode rejects the response.
+fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
+    let mut workloads = Vec::new();
+    let mut services = Vec::new();
+    let mut policies = Vec::new();
+    for r in &resp.resources {
+        let body = r
+            .resource
+            .as_ref()
+            .ok_or_else(|| format!("resource {} has no body", r.name))?;
+        match resp.type_url.as_str() {
+            ADDRESS_TYPE => match Address::decode(body.value.as_slice())
+                .map_err(|e| format!("{}: {e}", r.name))?
+                .r#type
+            {
+                Some(address::Type::Workload(w)) => workloads.push((r.name.clone(), w)),
+                Some(address::Type::Service(s)) => services.push((r.name.clone(), s)),
+                None => return Err(format!("{}: empty address", r.name)),
+            },
+            AUTHORIZATION_TYPE => policies.push((
+                r.name.clone(),
+                Authorization::decode(body.value.as_slice())
+                    .map_err(|e| format!("{}: {e}", r.name))?,
+            )),
+            other => return Err(format!("unexpected type {other}")),
+        }
+    }
+    let versions = held.versions.entry(resp.type_url.clone()).or_default();
+    for r in &resp.resources {
+        versions.insert(r.name.clone(), r.version.clone());
+    }
+    for n in &resp.removed_resources {
+        versions.remove(n);
+        held.workloads.remove(n);
+        held.services.remove(n);
+        if resp.type_url == AUTHORIZATION_TYPE {
+            held.policies.remove(n);
+        }
+    }
+    held.workloads.extend(workloads);
+    held.services.extend(services);
+    held.policies.extend(policies);
+    Ok(())
+}
