@@ -89,17 +89,17 @@ impl CertManager {
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.fetch(&identity).await {
-                Ok((key, not_before, not_after)) => {
+                Ok((key, _not_before, not_after)) => {
                     slot.cert.store(Some(Arc::new(key)));
                     *slot.expires.lock().unwrap_or_else(|e| e.into_inner()) = Some(not_after);
                     slot.ready.notify_waiters();
                     backoff = Duration::from_millis(200);
-                    // Renew at half-life, as Istio does.
-                    let life = not_after.duration_since(not_before).unwrap_or_default();
-                    let renew_at = not_before + life / 2;
-                    let wait = renew_at
+                    // Renew at half of the remaining lifetime, as Istio does; counted from
+                    // now, not notBefore, because the CA back-dates for clock skew.
+                    let remaining = not_after
                         .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::from_millis(100));
+                        .unwrap_or_default();
+                    let wait = remaining / 2;
                     tracing::info!(%identity, renew_in_secs = wait.as_secs_f64(), "certificate ready");
                     tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
                 }

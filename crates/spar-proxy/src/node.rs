@@ -338,8 +338,14 @@ async fn outbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr
     reset(s);
 }
 
-fn policies_for<'a>(state: &'a State, w: &Workload) -> Vec<&'a spar_xds::security::Authorization> {
-    applicable(state.policies.iter(), w)
+/// Policies for the pod as the latest config describes it (its policy list changes over time).
+fn policies_for<'a>(state: &'a State, pod: &'a Pod) -> Vec<&'a spar_xds::security::Authorization> {
+    let current = state
+        .workloads
+        .get(&pod.workload.uid)
+        .map(|w| w.as_ref())
+        .unwrap_or(&pod.workload);
+    applicable(state.policies.iter(), current)
 }
 
 async fn plaintext_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
@@ -354,7 +360,7 @@ async fn plaintext_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: S
         dst_ip: dst.ip(),
         dst_port: dst.port(),
     };
-    if let Decision::Deny(why) = authorize(&policies_for(&state, &pod.workload), &conn) {
+    if let Decision::Deny(why) = authorize(&policies_for(&state, &pod), &conn) {
         tracing::info!(target: "access", "inbound src={peer} dst={dst} via=plaintext denied=\"{why}\"");
         return reset(s);
     }
@@ -468,7 +474,7 @@ async fn connect_request(
         peer_id.as_deref().unwrap_or("-"),
         pod.identity
     );
-    if let Decision::Deny(why) = authorize(&policies_for(&state, &pod.workload), &conn) {
+    if let Decision::Deny(why) = authorize(&policies_for(&state, &pod), &conn) {
         tracing::info!(target: "access", "{log} denied=\"{why}\"");
         return hbone::status(StatusCode::UNAUTHORIZED);
     }

@@ -2,85 +2,20 @@
 //! namespaces, traffic crosses nodes by name and by VIP, workloads are supervised, and
 //! `spar down` leaves nothing behind. One test function: the box's namespaces are global.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn spar(state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spar"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .expect("spar runs")
-}
+use common::{Down, box_namespaces, is_root, spar, state_json, summary, text};
 
-fn exec(state: &Path, cmd: &[&str]) -> Output {
-    let mut args = vec!["exec", "-n", "bookinfo", "deploy/client", "--state-dir"];
-    let s = state.to_str().expect("utf-8 path");
-    args.push(s);
-    args.push("--");
-    args.extend_from_slice(cmd);
-    Command::new(env!("CARGO_BIN_EXE_spar"))
-        .args(&args)
-        .output()
-        .expect("spar runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn summary(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", text(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
-}
-
-fn box_namespaces() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("spar-"))
-        .map(str::to_string)
-        .collect()
-}
-
-fn state_json(state: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(state.join("box.json")).expect("box.json"))
-        .expect("json")
+fn exec(state: &Path, cmd: &[&str]) -> std::process::Output {
+    common::exec(state, "bookinfo", "deploy/client", cmd)
 }
 
 fn example() -> std::path::PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/bookinfo"
-    ))
-    .to_path_buf()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Whatever happens, stop the mesh before the state directory goes away.
-struct Down(std::path::PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = spar(&self.0, &["down"]);
-    }
+    common::repo("examples/bookinfo")
 }
 
 #[test]
