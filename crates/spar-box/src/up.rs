@@ -64,6 +64,7 @@ pub fn run(opts: UpOptions) -> Result<(), Error> {
     std::fs::create_dir_all(paths.logs())?;
     // Leftovers of a crashed run would clash with the new namespaces.
     net::destroy();
+    let _ = std::fs::remove_dir_all(paths.root.join("proxies"));
     let namespaces: BTreeMap<String, spar_model::Labels> = resources
         .iter()
         .filter(|r| r.kind == Kind::Namespace)
@@ -91,7 +92,7 @@ async fn run_mesh(
     state: &mut BoxState,
 ) -> Result<(), Error> {
     net::create(&state.plan)?;
-    let mut control = start_control(opts, paths).await?;
+    let mut control = start_control(opts, paths, None).await?;
     let admin_addr = admin::admin_addr(&paths.control())
         .ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
     let body = control_documents(resources, &state.plan);
@@ -121,18 +122,34 @@ async fn run_mesh(
     let mut containers: Vec<(usize, Arc<Mutex<ContainerState>>)> = Vec::new();
     let mut tasks = Vec::new();
     for (i, pod) in state.plan.pods.iter().enumerate() {
+        let ambient = state.mode(&pod.namespace) == "ambient"
+            || pod
+                .labels
+                .get("istio.io/dataplane-mode")
+                .is_some_and(|m| m == "ambient");
         for c in &pod.containers {
             let cs = Arc::new(Mutex::new(ContainerState::default()));
             containers.push((i, cs.clone()));
             let log = paths.pod_log(&pod.namespace, &pod.name);
-            tasks.push(tokio::spawn(supervise(
+            let (pod, c, path_env, stop, root) = (
                 pod.clone(),
                 c.clone(),
-                log,
                 path_env.clone(),
-                cs,
                 stop_rx.clone(),
-            )));
+                paths.root.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                // An ambient pod's traffic must be captured before its command sends any.
+                if ambient {
+                    wait_enrolled(
+                        &root,
+                        &pod.node,
+                        &format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name),
+                    )
+                    .await;
+                }
+                supervise(pod, c, log, path_env, cs, stop).await
+            }));
         }
     }
 
@@ -143,8 +160,20 @@ async fn run_mesh(
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             status = control.wait() => {
-                tracing::error!(?status, "the control plane exited; stopping the mesh");
-                break;
+                // Proxies keep serving meanwhile; bring it back where they look for it.
+                tracing::error!(?status, "the control plane exited; restarting it on the same addresses");
+                let grpc = std::fs::read_to_string(paths.control().join("endpoints.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| Some((v["grpc"].as_str()?.to_string(), v["admin"].as_str()?.to_string())));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match start_control(opts, paths, grpc).await {
+                    Ok(c) => control = c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot restart the control plane; stopping the mesh");
+                        break;
+                    }
+                }
             }
             _ = tick.tick() => {
                 refresh_status(state, &containers).await;
@@ -204,16 +233,26 @@ async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<Co
     state.pods = pods;
 }
 
-async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process::Child, Error> {
+/// Start `spar control`; `addrs` (grpc, admin) pins it to the addresses of a previous run.
+async fn start_control(
+    opts: &UpOptions,
+    paths: &Paths,
+    addrs: Option<(String, String)>,
+) -> Result<tokio::process::Child, Error> {
+    let (grpc, admin_listen) =
+        addrs.unwrap_or_else(|| ("127.0.0.1:0".into(), "127.0.0.1:0".into()));
     let dir = paths.control();
     std::fs::create_dir_all(&dir)?;
     let _ = std::fs::remove_file(dir.join("endpoints.json"));
-    let log = std::fs::File::create(paths.logs().join("control.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.logs().join("control.log"))?;
     let mut child = tokio::process::Command::new(&opts.spar_bin)
         .arg("control")
         .arg("--state-dir")
         .arg(&dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--listen", &grpc, "--admin", &admin_listen])
         .args(
             opts.cert_ttl
                 .iter()
@@ -239,6 +278,34 @@ async fn start_control(opts: &UpOptions, paths: &Paths) -> Result<tokio::process
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(child)
+}
+
+/// Wait (bounded) until the node proxy on `node` reports the pod enrolled.
+async fn wait_enrolled(root: &Path, node: &str, uid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoints = root.join("proxies").join(format!("{node}.json"));
+    while Instant::now() < deadline {
+        let addr = std::fs::read_to_string(&endpoints)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["admin"].as_str().map(str::to_string));
+        if let Some(addr) = addr {
+            let uid = uid.to_string();
+            let found = tokio::task::spawn_blocking(move || {
+                admin::get(&addr, "/config_dump")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .is_some_and(|v| v["enrolled"].get(&uid).is_some())
+            })
+            .await
+            .unwrap_or(false);
+            if found {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(%uid, %node, "pod not enrolled by its node proxy within 30 s; starting it anyway");
 }
 
 /// One node proxy per node, restarted if it exits, with a node token minted for it.

@@ -104,6 +104,18 @@ impl PodNet {
         tokio::net::TcpListener::from_std(l)
     }
 
+    /// A UDP socket on `port` inside the pod (the DNS proxy).
+    pub async fn bind_udp(&self, port: u16) -> io::Result<tokio::net::UdpSocket> {
+        let u: std::net::UdpSocket = self
+            .run(move || {
+                let u = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+                u.set_nonblocking(true)?;
+                Ok(u)
+            })
+            .await?;
+        tokio::net::UdpSocket::from_std(u)
+    }
+
     /// Connect from inside the pod. `source` makes the connection appear to come from that
     /// address (IP_TRANSPARENT), which is how the application sees the real client.
     pub async fn connect(
@@ -143,6 +155,7 @@ pub fn ambient_rules() -> String {
   chain output {{
     type nat hook output priority -110; policy accept;
     meta mark {{ {OUTBOUND_MARK:#x}, {INBOUND_MARK:#x} }} return
+    udp dport 53 redirect to :15053
     oifname \"lo\" return
     ip daddr 127.0.0.0/8 return
     meta l4proto tcp redirect to :15001

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod authz;
 pub mod certs;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod hbone;
 pub mod inpod;

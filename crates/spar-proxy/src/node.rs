@@ -5,6 +5,7 @@
 //! outbound: 15001 -> original dst -> plan_outbound -> HBONE tunnel | plain TCP -> copy
 //! inbound:  15008 -> mTLS -> CONNECT -> authorize -> connect app as the client -> copy
 //!           15006 -> original dst -> authorize (no identity) -> connect app -> copy
+//! dns:      15053 -> mesh names from config | the node's resolvers
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -169,6 +170,7 @@ async fn enroll(
     let outbound = net.listen(15001, false).await?;
     let inbound = net.listen(15006, true).await?;
     let hbone = net.listen(15008, false).await?;
+    let dns = net.bind_udp(15053).await?;
     let identity = state::identity(&w);
     node.certs.slot(&identity);
     inpod::enroll(netns)?;
@@ -178,7 +180,9 @@ async fn enroll(
         identity,
         net,
     });
+    let upstreams = Arc::new(crate::dns::upstreams());
     Ok(vec![
+        tokio::spawn(crate::dns::serve(dns, node.state.clone(), upstreams)),
         spawn_accept(outbound, node.clone(), pod.clone(), Kind::Outbound),
         spawn_accept(inbound, node.clone(), pod.clone(), Kind::Plaintext),
         spawn_accept(hbone, node.clone(), pod, Kind::Hbone),

@@ -212,6 +212,22 @@ fn ambient_mode() {
         "{ready}"
     );
 
+    // DNS: ServiceEntry hosts are answered by the node proxy's DNS proxy (15053).
+    let entry = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: bookinfo}\nspec:\n  hosts: [api.example.com]\n  addresses: [10.96.9.9]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 192.0.2.10}]\n";
+    apply(state, entry);
+    let out = exec(
+        state,
+        BOOKINFO,
+        CLIENT,
+        &["getent", "hosts", "api.example.com"],
+    );
+    assert!(
+        text(&out).contains("10.96.9.9"),
+        "DNS answer from the mesh: {}",
+        text(&out)
+    );
+    delete(state, entry);
+
     // Server-first protocols need no configuration.
     let out = exec(
         state,
@@ -367,6 +383,50 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: r
         "the long-lived connection survived rotation"
     );
     assert_ne!(before, expiry(state), "certificates were rotated");
+
+    // The control plane goes away: proxies keep serving with what they have, and pick up
+    // changes once it is back (the box restarts it on the same address).
+    let control = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("control --state-dir {}", state.join("control").display()),
+        ])
+        .output()
+        .expect("pgrep");
+    let pid = String::from_utf8_lossy(&control.stdout)
+        .lines()
+        .next()
+        .expect("control plane pid")
+        .to_string();
+    Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .expect("kill");
+    assert!(
+        ok(state, BOOKINFO, CLIENT, "http://details:9080/"),
+        "served while the control plane is down"
+    );
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: bookinfo}\nspec:\n  selector: {matchLabels: {app: details}}\n  action: DENY\n  rules: [{}]\n";
+    let deny_file = state.join("deny.yaml");
+    std::fs::write(&deny_file, deny).expect("write");
+    let deny_path = deny_file.to_str().expect("utf-8");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !spar(state, &["apply", "-f", deny_path]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the control plane did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ok(state, BOOKINFO, CLIENT, "http://details:9080/") {
+        assert!(
+            Instant::now() < deadline,
+            "proxies did not resynchronise with the restarted control plane"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    delete(state, deny);
 
     // Remove the label: back to plaintext, no pod restarted.
     assert!(
