@@ -422,6 +422,9 @@ async fn hbone_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socke
             return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"mTLS: {e}\"");
         }
     };
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+        return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"ALPN h2 required\"");
+    }
     let peer_id = crate::tls::peer_identity(tls.get_ref().1.peer_certificates());
     let svc = hyper::service::service_fn(move |req| {
         let (node, pod, peer_id) = (node.clone(), pod.clone(), peer_id.clone());
