@@ -114,6 +114,16 @@ async fn attempt(
     Ok(resp.status().as_u16())
 }
 
+/// (what, client certificate, offer ALPN h2, method, authority, status or refused)
+type Case = (
+    &'static str,
+    Option<(Vec<String>, String)>,
+    bool,
+    http::Method,
+    String,
+    Result<u16, ()>,
+);
+
 /// Run `f` on a thread inside a pod's network namespace.
 fn in_pod<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{netns}");
@@ -222,14 +232,7 @@ fn hbone_rejects_bad_peers() {
     }
     assert_eq!(last, Ok(200), "a mesh peer is accepted");
 
-    let cases: Vec<(
-        &str,
-        Option<(Vec<String>, String)>,
-        bool,
-        http::Method,
-        String,
-        Result<u16, ()>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no client certificate",
             None,
