@@ -76,9 +76,24 @@ fn helper_pids(paths: &Paths) -> Vec<i32> {
 pub fn status(state_dir: &Path) -> Result<String, Error> {
     let s = BoxState::read(&Paths::new(state_dir))?;
     let mut out = String::new();
-    let _ = writeln!(out, "NODE      POD-CIDR         FABRIC-IP");
+    let _ = writeln!(
+        out,
+        "NODE      POD-CIDR         FABRIC-IP     NODE-PROXY (metrics, /healthz/ready, /config_dump)"
+    );
     for n in &s.plan.nodes {
-        let _ = writeln!(out, "{:<9} {:<16} {}", n.name, n.pod_cidr, n.fabric_ip);
+        let proxy =
+            std::fs::read_to_string(state_dir.join("proxies").join(format!("{}.json", n.name)))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["admin"].as_str().map(|a| format!("http://{a}/metrics")))
+                .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<9} {:<16} {:<13} {proxy}",
+            n.name,
+            n.pod_cidr,
+            n.fabric_ip.to_string()
+        );
     }
     let _ = writeln!(
         out,

@@ -41,6 +41,9 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Wall time of the run and answered requests per second over it.
+    pub elapsed_s: f64,
+    pub rps: f64,
     /// The first transport error, to tell the user what went wrong.
     pub first_error: Option<String>,
 }
@@ -116,18 +119,19 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
                 if i >= opts.count {
                     return;
                 }
-                if opts.qps > 0.0 {
-                    // Open loop: request i is due at start + i/qps, whatever earlier ones did.
-                    tokio::time::sleep_until(
-                        (start + Duration::from_secs_f64(i as f64 / opts.qps)).into(),
-                    )
-                    .await;
-                }
+                let due = if opts.qps > 0.0 {
+                    // Open loop: request i is due at start + i/qps, whatever earlier ones did,
+                    // and its latency counts from then (no coordinated omission).
+                    let due = start + Duration::from_secs_f64(i as f64 / opts.qps);
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                } else {
+                    Instant::now()
+                };
                 let mut req = http::Request::get(uri.clone())
                     .body(Empty::new())
                     .unwrap_or_default();
                 *req.headers_mut() = headers.clone();
-                let t0 = Instant::now();
                 let result = tokio::time::timeout(opts.timeout, async {
                     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
                     let status = resp.status().as_u16();
@@ -141,7 +145,7 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
                 })
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()));
-                let elapsed = t0.elapsed();
+                let elapsed = due.elapsed();
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
                 t.summary.requests += 1;
                 match result {
@@ -167,7 +171,14 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
     for w in workers {
         let _ = w.await;
     }
+    let wall = start.elapsed().as_secs_f64();
     let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
+    t.summary.elapsed_s = wall;
+    t.summary.rps = if wall > 0.0 {
+        t.latencies.len() as f64 / wall
+    } else {
+        0.0
+    };
     t.latencies.sort();
     let pct = |p: f64| {
         if t.latencies.is_empty() {

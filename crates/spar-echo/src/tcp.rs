@@ -110,3 +110,36 @@ pub async fn server_first_exchange(addr: &str) -> Result<(String, String), Error
     let answer = read_line(&mut r).await?;
     Ok((banner, answer))
 }
+
+/// Bulk throughput against a TCP echo: write `total` bytes while reading them back.
+/// Returns (bytes each way, seconds).
+pub async fn bulk_exchange(addr: &str, total: u64) -> Result<(u64, f64), Error> {
+    let s = connect(addr).await?;
+    let (mut r, mut w) = s.into_split();
+    let start = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n]).await?;
+            left -= n as u64;
+        }
+        w.shutdown().await
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < total {
+        let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf))
+            .await
+            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    writer
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    Ok((got, start.elapsed().as_secs_f64()))
+}

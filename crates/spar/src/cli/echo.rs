@@ -50,6 +50,15 @@ pub enum EchoCommand {
     },
     /// One server-first exchange: print the banner, send a line, print the answer.
     ServerFirst { addr: String },
+    /// Bulk TCP throughput against a TCP echo port: prints Gb/s (as JSON with --json).
+    Bulk {
+        addr: String,
+        /// Bytes to send (and receive back).
+        #[arg(long, default_value_t = 256 << 20)]
+        bytes: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -123,6 +132,19 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
             }
             EchoCommand::Tcp { addr, message } => {
                 print!("{}", tcp::tcp_exchange(&addr, &message).await?)
+            }
+            EchoCommand::Bulk { addr, bytes, json } => {
+                let (got, secs) = tcp::bulk_exchange(&addr, bytes).await?;
+                let gbps = got as f64 * 8.0 / secs / 1e9;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "bytes": got, "seconds": secs, "gbps": gbps })
+                    );
+                } else {
+                    println!("{got} bytes echoed in {secs:.3} s: {gbps:.2} Gb/s each way");
+                }
+                anyhow::ensure!(got == bytes, "only {got} of {bytes} bytes came back");
             }
             EchoCommand::ServerFirst { addr } => {
                 let (banner, answer) = tcp::server_first_exchange(&addr).await?;
