@@ -1,0 +1,65 @@
+//! Checks of the Kubernetes kinds the box reads: Service, Deployment.
+
+use super::Checker;
+
+impl Checker {
+    pub(super) fn service(&mut self, s: &crate::k8s::ServiceSpec) {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, p) in s.ports.iter().enumerate() {
+            self.port(format!("spec.ports[{i}].port"), p.port);
+            if s.ports.len() > 1 && p.name.is_none() {
+                self.err(
+                    format!("spec.ports[{i}].name"),
+                    "ports must be named when a Service has more than one",
+                );
+            }
+            if let Some(n) = &p.name
+                && !names.insert(n)
+            {
+                self.err(
+                    format!("spec.ports[{i}].name"),
+                    format!("duplicate port name {n:?}"),
+                );
+            }
+            if let Some(crate::k8s::IntOrString::Int(t)) = &p.target_port {
+                self.port(format!("spec.ports[{i}].targetPort"), *t);
+            }
+            self.one_of(
+                format!("spec.ports[{i}].protocol"),
+                &p.protocol,
+                &["TCP", "UDP", "SCTP"],
+            );
+        }
+        if let Some(ip) = &s.cluster_ip
+            && ip != "None"
+        {
+            self.ip("spec.clusterIP", ip);
+        }
+    }
+
+    pub(super) fn deployment(&mut self, s: &crate::k8s::DeploymentSpec) {
+        let labels = &s.template.metadata.labels;
+        if s.selector.match_labels.is_empty() && s.selector.match_expressions.is_empty() {
+            self.err("spec.selector", "a selector is required");
+        } else if !s.selector.matches(labels) {
+            self.err(
+                "spec.template.metadata.labels",
+                "the pod template's labels do not match spec.selector",
+            );
+        }
+        if s.template.spec.containers.is_empty() {
+            self.err(
+                "spec.template.spec.containers",
+                "at least one container is required",
+            );
+        }
+        for (i, c) in s.template.spec.containers.iter().enumerate() {
+            if c.command.is_empty() && c.args.is_empty() {
+                self.err(
+                    format!("spec.template.spec.containers[{i}].command"),
+                    "the cluster in a box runs containers[].command on the host; set it",
+                );
+            }
+        }
+    }
+}

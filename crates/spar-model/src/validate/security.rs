@@ -1,0 +1,146 @@
+//! Checks of `security.istio.io` resources: AuthorizationPolicy, PeerAuthentication,
+//! RequestAuthentication.
+
+use super::Checker;
+use crate::istio::security as sec;
+
+impl Checker {
+    pub(super) fn authorization_policy(&mut self, s: &sec::AuthorizationPolicy) {
+        self.one_of(
+            "spec.action".into(),
+            &s.action,
+            &["ALLOW", "DENY", "AUDIT", "CUSTOM"],
+        );
+        if s.action.as_deref() == Some("CUSTOM") && s.provider.is_none() {
+            self.err("spec.provider", "action CUSTOM needs a provider");
+        }
+        if s.provider.is_some() && s.action.as_deref() != Some("CUSTOM") {
+            self.err(
+                "spec.provider",
+                "a provider is only allowed with action CUSTOM",
+            );
+        }
+        let targeted = s.target_ref.is_some() || !s.target_refs.is_empty();
+        if targeted && s.selector.is_some() {
+            self.err(
+                "spec.selector",
+                "selector and targetRef(s) are mutually exclusive",
+            );
+        }
+        for (i, rule) in s.rules.iter().enumerate() {
+            let p = format!("spec.rules[{i}]");
+            for (j, f) in rule.from.iter().enumerate() {
+                let src = &f.source;
+                let sp = format!("{p}.from[{j}].source");
+                for (field, list) in [
+                    ("ipBlocks", &src.ip_blocks),
+                    ("notIpBlocks", &src.not_ip_blocks),
+                    ("remoteIpBlocks", &src.remote_ip_blocks),
+                    ("notRemoteIpBlocks", &src.not_remote_ip_blocks),
+                ] {
+                    for (k, c) in list.iter().enumerate() {
+                        self.cidr(format!("{sp}.{field}[{k}]"), c);
+                    }
+                }
+                for (field, list) in [
+                    ("principals", &src.principals),
+                    ("notPrincipals", &src.not_principals),
+                ] {
+                    for (k, pr) in list.iter().enumerate() {
+                        if pr.is_empty() || pr.starts_with("spiffe://") {
+                            self.err(format!("{sp}.{field}[{k}]"), format!("{pr:?}: write principals without spiffe://, e.g. cluster.local/ns/default/sa/sleep"));
+                        }
+                    }
+                }
+            }
+            for (j, t) in rule.to.iter().enumerate() {
+                let op = &t.operation;
+                for (field, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
+                    for (k, port) in list.iter().enumerate() {
+                        match port.parse::<u32>() {
+                            Ok(n) => self.port(format!("{p}.to[{j}].operation.{field}[{k}]"), n),
+                            Err(_) => self.err(
+                                format!("{p}.to[{j}].operation.{field}[{k}]"),
+                                format!("{port:?} is not a port number"),
+                            ),
+                        }
+                    }
+                }
+            }
+            for (j, c) in rule.when.iter().enumerate() {
+                let cp = format!("{p}.when[{j}]");
+                if !CONDITION_KEYS.iter().any(|k| {
+                    c.key == *k
+                        || (k.ends_with('[') && c.key.starts_with(k) && c.key.ends_with(']'))
+                }) {
+                    self.err(
+                        format!("{cp}.key"),
+                        format!("unknown condition key {:?}", c.key),
+                    );
+                }
+                if c.values.is_empty() && c.not_values.is_empty() {
+                    self.err(&cp, "set values or notValues");
+                }
+                if ["source.ip", "remote.ip", "destination.ip"].contains(&c.key.as_str()) {
+                    for (k, v) in c.values.iter().chain(&c.not_values).enumerate() {
+                        self.cidr(format!("{cp}.values[{k}]"), v);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn peer_authentication(&mut self, s: &sec::PeerAuthentication) {
+        const MODES: [&str; 4] = ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
+        if let Some(m) = &s.mtls {
+            self.one_of("spec.mtls.mode".into(), &m.mode, &MODES);
+        }
+        if !s.port_level_mtls.is_empty() && s.selector.is_none() {
+            self.err(
+                "spec.portLevelMtls",
+                "portLevelMtls needs a workload selector",
+            );
+        }
+        for (port, m) in &s.port_level_mtls {
+            self.port(format!("spec.portLevelMtls.{port}"), *port);
+            self.one_of(format!("spec.portLevelMtls.{port}.mode"), &m.mode, &MODES);
+        }
+    }
+
+    pub(super) fn request_authentication(&mut self, s: &sec::RequestAuthentication) {
+        for (i, r) in s.jwt_rules.iter().enumerate() {
+            if r.issuer.is_empty() {
+                self.err(
+                    format!("spec.jwtRules[{i}].issuer"),
+                    "an issuer is required",
+                );
+            }
+            if r.jwks.is_some() && r.jwks_uri.is_some() {
+                self.err(
+                    format!("spec.jwtRules[{i}].jwks"),
+                    "jwks and jwksUri are mutually exclusive",
+                );
+            }
+            self.duration(format!("spec.jwtRules[{i}].timeout"), &r.timeout);
+        }
+    }
+}
+
+/// AuthorizationPolicy `when` keys (Istio's "conditions" reference). Keys ending in `[` take
+/// a bracketed argument.
+const CONDITION_KEYS: &[&str] = &[
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[",
+    "request.headers[",
+    "experimental.envoy.filters.network.mysql_proxy[",
+];
