@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workload.proto",
         "proto/authorization.proto",
         "proto/ca.proto",
+        "proto/l7.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
@@ -20,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // with IP bytes written as addresses.
         .type_attribute(".istio.workload", "#[derive(serde::Serialize)]")
         .type_attribute(".istio.security", "#[derive(serde::Serialize)]")
+        .type_attribute(".spar.l7", "#[derive(serde::Serialize)]")
         .field_attribute(
             ".istio.workload.Workload.addresses",
             "#[serde(serialize_with = \"crate::ser::ip_list\")]",

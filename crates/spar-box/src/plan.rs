@@ -43,6 +43,31 @@ pub struct PodPlan {
     pub labels: Labels,
     pub service_account: String,
     pub containers: Vec<ContainerPlan>,
+    #[serde(default)]
+    pub annotations: Labels,
+    /// Always (Deployment), Never or OnFailure (Job).
+    #[serde(default = "always")]
+    pub restart_policy: String,
+    /// Injected: a sidecar runs beside the containers.
+    #[serde(default)]
+    pub sidecar: bool,
+}
+
+fn always() -> String {
+    "Always".into()
+}
+
+/// Istio's injection rule: `sidecar.istio.io/inject=true` on the pod, or
+/// `istio-injection=enabled` on its namespace unless the pod says `false`.
+pub fn injected(ns_labels: Option<&Labels>, pod_labels: &Labels) -> bool {
+    let pod = pod_labels
+        .get("sidecar.istio.io/inject")
+        .map(String::as_str);
+    pod == Some("true")
+        || (ns_labels
+            .and_then(|l| l.get("istio-injection"))
+            .is_some_and(|v| v == "enabled")
+            && pod != Some("false"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,12 +119,19 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
     let mut next_host: Vec<u32> = vec![2; nodes.len()];
     let mut pods = Vec::new();
     let mut spread = 0usize;
-    for r in resources.iter().filter(|r| r.kind == Kind::Deployment) {
-        let Spec::Deployment(d) = &r.spec else {
-            continue;
+    let ns_labels: BTreeMap<&str, &Labels> = resources
+        .iter()
+        .filter(|r| r.kind == Kind::Namespace)
+        .map(|r| (r.name(), &r.meta.labels))
+        .collect();
+    for r in resources {
+        let (template, replicas) = match &r.spec {
+            Spec::Deployment(d) => (&d.template, d.replicas.unwrap_or(1)),
+            Spec::Job(j) => (&j.template, 1),
+            _ => continue,
         };
         let ns = r.namespace();
-        for i in 0..d.replicas.unwrap_or(1) {
+        for i in 0..replicas {
             let node_idx = spread % nodes.len();
             spread += 1;
             let cidr = spec.nodes[node_idx].pod_cidr;
@@ -113,11 +145,10 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                 continue;
             }
             let name = format!("{}-{i}", r.name());
-            let mut labels = d.template.metadata.labels.clone();
+            let mut labels = template.metadata.labels.clone();
             labels.insert("spar.io/deployment".into(), r.name().to_string());
             let version = labels.get("version").cloned().unwrap_or_default();
-            let containers = d
-                .template
+            let containers = template
                 .spec
                 .containers
                 .iter()
@@ -150,8 +181,11 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                 node: nodes[node_idx].name.clone(),
                 ip: nth(cidr.network(), host),
                 prefix: cidr.prefix_len(),
+                service_account: template.spec.service_account().to_string(),
+                sidecar: injected(ns_labels.get(ns).copied(), &labels),
+                annotations: template.metadata.annotations.clone(),
+                restart_policy: template.spec.restart_policy.clone().unwrap_or_else(always),
                 labels,
-                service_account: d.template.spec.service_account().to_string(),
                 containers,
             });
         }
@@ -244,8 +278,11 @@ fn target_port(
         Some(IntOrString::String(name)) => resources
             .iter()
             .find_map(|r| match &r.spec {
-                Spec::Deployment(d) if r.name() == p.deployment && r.namespace() == p.namespace => {
-                    d.template
+                Spec::Deployment(spar_model::k8s::DeploymentSpec { template, .. })
+                | Spec::Job(spar_model::k8s::JobSpec { template, .. })
+                    if r.name() == p.deployment && r.namespace() == p.namespace =>
+                {
+                    template
                         .spec
                         .containers
                         .iter()

@@ -1,6 +1,7 @@
 //! Workload processes: each container's command runs inside its pod's network namespace
 //! (`ip netns exec`, which also mounts the pod's /etc/hosts), restarted with back-off when it
-//! exits, like a Deployment; output appended to the pod's log file.
+//! exits, like a Deployment (a Job's container runs to completion: `restartPolicy` Never, or
+//! OnFailure until it succeeds); output appended to the pod's log file.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,6 +25,9 @@ pub struct ContainerState {
     pub restarts: u32,
     pub running: bool,
     pub last_exit: Option<String>,
+    /// Ran to completion and will not be restarted (Jobs).
+    #[serde(default)]
+    pub completed: bool,
 }
 
 /// Run one container until `stop` turns true; then stop its process group.
@@ -81,9 +85,19 @@ pub async fn supervise(
             set(&state, |s| s.running = false);
             return;
         };
+        let succeeded = status.as_ref().is_ok_and(|s| s.success());
         let what = status
             .map(|s| s.to_string())
             .unwrap_or_else(|e| e.to_string());
+        if pod.restart_policy == "Never" || (pod.restart_policy == "OnFailure" && succeeded) {
+            tracing::info!(pod = %pod.name, container = %container.name, %what, "container completed");
+            set(&state, |s| {
+                s.running = false;
+                s.completed = true;
+                s.last_exit = Some(what);
+            });
+            return;
+        }
         tracing::warn!(pod = %pod.name, container = %container.name, %what, "container exited; restarting");
         set(&state, |s| {
             s.running = false;

@@ -127,30 +127,50 @@ async fn run_mesh(
                 .labels
                 .get("istio.io/dataplane-mode")
                 .is_some_and(|m| m == "ambient");
+        let mut own = Vec::new();
         for c in &pod.containers {
             let cs = Arc::new(Mutex::new(ContainerState::default()));
             containers.push((i, cs.clone()));
-            let log = paths.pod_log(&pod.namespace, &pod.name);
-            let (pod, c, path_env, stop, root) = (
-                pod.clone(),
-                c.clone(),
-                path_env.clone(),
-                stop_rx.clone(),
-                paths.root.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                // An ambient pod's traffic must be captured before its command sends any.
-                if ambient {
-                    wait_enrolled(
-                        &root,
-                        &pod.node,
-                        &format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name),
-                    )
-                    .await;
-                }
-                supervise(pod, c, log, path_env, cs, stop).await
-            }));
+            own.push((c.clone(), cs));
         }
+        let log = paths.pod_log(&pod.namespace, &pod.name);
+        let (pod, path_env, stop, root) = (
+            pod.clone(),
+            path_env.clone(),
+            stop_rx.clone(),
+            paths.root.clone(),
+        );
+        let (spar, admin_addr) = (opts.spar_bin.clone(), admin_addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let uid = format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name);
+            let sidecar = if pod.sidecar {
+                // The application starts only once its sidecar captures and routes.
+                start_sidecar(&spar, &root, &admin_addr, &pod).await
+            } else {
+                if ambient {
+                    // An ambient pod's traffic must be captured before its command sends any.
+                    let endpoints = root.join("proxies").join(format!("{}.json", pod.node));
+                    wait_enrolled(&endpoints, &uid).await;
+                }
+                None
+            };
+            let runs = own.into_iter().map(|(c, cs)| {
+                supervise(
+                    pod.clone(),
+                    c,
+                    log.clone(),
+                    path_env.clone(),
+                    cs,
+                    stop.clone(),
+                )
+            });
+            futures::future::join_all(runs).await;
+            // Every container finished (a Job) or the mesh is stopping: the sidecar drains
+            // and goes, so short-lived jobs complete.
+            if let Some(mut child) = sidecar {
+                stop_child(&mut child).await;
+            }
+        }));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -209,17 +229,19 @@ async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<Co
             .filter(|(j, _)| *j == i)
             .map(|(_, c)| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect();
-        let running = !cs.is_empty() && cs.iter().all(|c| c.running);
+        let completed = !cs.is_empty() && cs.iter().all(|c| c.completed);
+        let running = !cs.is_empty() && cs.iter().all(|c| c.running || c.completed);
         let ports: Vec<u32> = pod
             .containers
             .iter()
             .flat_map(|c| c.ports.clone())
             .collect();
         let (netns, ip) = (pod.netns.clone(), pod.ip);
-        let ready = running
-            && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports))
-                .await
-                .unwrap_or(false);
+        let ready = completed
+            || running
+                && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports))
+                    .await
+                    .unwrap_or(false);
         pods.push(PodStatus {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
@@ -280,10 +302,10 @@ async fn start_control(
     Ok(child)
 }
 
-/// Wait (bounded) until the node proxy on `node` reports the pod enrolled.
-async fn wait_enrolled(root: &Path, node: &str, uid: &str) {
+/// Wait (bounded) until the proxy whose endpoints file is `endpoints` reports the pod
+/// enrolled (listeners open, capture installed).
+async fn wait_enrolled(endpoints: &Path, uid: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let endpoints = root.join("proxies").join(format!("{node}.json"));
     while Instant::now() < deadline {
         let addr = std::fs::read_to_string(&endpoints)
             .ok()
@@ -305,7 +327,133 @@ async fn wait_enrolled(root: &Path, node: &str, uid: &str) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tracing::warn!(%uid, %node, "pod not enrolled by its node proxy within 30 s; starting it anyway");
+    tracing::warn!(%uid, endpoints = %endpoints.display(), "pod not enrolled by its proxy within 30 s; starting it anyway");
+}
+
+/// SIGTERM, a grace period to drain, then SIGKILL.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// Mint a token at the control plane and write it where only root can read it.
+fn mint_token(admin_addr: &str, subject: serde_json::Value, file: &Path) -> Result<(), String> {
+    let mut body = subject;
+    body["ttl_seconds"] = (7 * 24 * 3600).into();
+    let token = admin::post(admin_addr, "/token", &body.to_string())
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .ok_or_else(|| "the control plane minted no token".to_string())?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .and_then(|_| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(file)?
+                .write_all(token.as_bytes())
+        })
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))
+}
+
+fn control_grpc(paths: &Paths) -> String {
+    std::fs::read_to_string(paths.control().join("endpoints.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["grpc"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Start an injected pod's sidecar with the pod's own token, and wait until it captures the
+/// pod's traffic. `None` if it could not start (the pod then runs without it, loudly).
+async fn start_sidecar(
+    spar: &Path,
+    root: &Path,
+    admin_addr: &str,
+    pod: &crate::plan::PodPlan,
+) -> Option<tokio::process::Child> {
+    let paths = Paths::new(root);
+    let key = format!("{}-{}", pod.namespace, pod.name);
+    let token_file = root.join("tokens").join(format!("{key}.token"));
+    let subject = serde_json::json!({
+        "kind": "pod", "namespace": pod.namespace, "name": pod.name,
+        "service_account": pod.service_account,
+    });
+    if let Err(e) = mint_token(admin_addr, subject, &token_file) {
+        tracing::error!(pod = %key, error = %e, "cannot start the sidecar");
+        return None;
+    }
+    let endpoints = root.join("proxies").join(format!("sidecar-{key}.json"));
+    let _ = std::fs::create_dir_all(root.join("proxies"));
+    let _ = std::fs::remove_file(&endpoints);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.logs().join(format!("sidecar-{key}.log")));
+    let ports = |k: &str| {
+        pod.annotations
+            .get(k)
+            .map(|v| v.replace(' ', ""))
+            .filter(|v| !v.is_empty())
+    };
+    let mut cmd = tokio::process::Command::new(spar);
+    cmd.args([
+        "proxy",
+        "sidecar",
+        "--namespace",
+        &pod.namespace,
+        "--pod",
+        &pod.name,
+    ])
+    .args(["--xds", &control_grpc(&paths), "--admin", "127.0.0.1:0"])
+    .arg("--root-cert")
+    .arg(paths.control().join("ca").join("root-cert.pem"))
+    .arg("--token-file")
+    .arg(&token_file)
+    .arg("--endpoints-file")
+    .arg(&endpoints)
+    .args(
+        ports("traffic.sidecar.istio.io/excludeInboundPorts")
+            .map(|p| vec!["--exclude-inbound-ports".to_string(), p])
+            .unwrap_or_default(),
+    )
+    .args(
+        ports("traffic.sidecar.istio.io/excludeOutboundPorts")
+            .map(|p| vec!["--exclude-outbound-ports".to_string(), p])
+            .unwrap_or_default(),
+    )
+    .stdout(Stdio::null())
+    .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
+    .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(pod = %key, error = %e, "cannot start the sidecar");
+            return None;
+        }
+    };
+    wait_enrolled(
+        &endpoints,
+        &format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name),
+    )
+    .await;
+    Some(child)
 }
 
 /// One node proxy per node, restarted if it exits, with a node token minted for it.
@@ -318,34 +466,14 @@ async fn run_node_proxy(
 ) {
     let paths = Paths::new(&root);
     let token_file = root.join("tokens").join(format!("{node}.token"));
-    let body = serde_json::json!({ "kind": "node", "name": node, "ttl_seconds": 7 * 24 * 3600 })
-        .to_string();
-    let token = admin::post(&admin_addr, "/token", &body)
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["token"].as_str().map(str::to_string));
-    let Some(token) = token else {
-        return tracing::error!(%node, "cannot mint a token for the node proxy");
-    };
-    let written = std::fs::create_dir_all(root.join("tokens")).and_then(|_| {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&token_file)?
-            .write_all(token.as_bytes())
-    });
-    if let Err(e) = written {
-        return tracing::error!(%node, error = %e, "cannot write the node token");
+    if let Err(e) = mint_token(
+        &admin_addr,
+        serde_json::json!({ "kind": "node", "name": node }),
+        &token_file,
+    ) {
+        return tracing::error!(%node, error = %e, "cannot start the node proxy");
     }
-    let grpc = std::fs::read_to_string(paths.control().join("endpoints.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["grpc"].as_str().map(str::to_string))
-        .unwrap_or_default();
+    let grpc = control_grpc(&paths);
     let _ = std::fs::create_dir_all(root.join("proxies"));
     loop {
         let log = std::fs::OpenOptions::new()

@@ -14,6 +14,7 @@ use spar_xds::workload::{self as xw};
 use crate::registry::{DataplaneMode, Pod, Registry};
 
 mod authz;
+pub mod l7;
 pub use authz::{authorization, effective_mtls, peer_authentication_policy};
 
 /// Whose config is being computed.
@@ -30,6 +31,8 @@ pub enum ProxyView {
 pub struct ProxyConfig {
     pub addresses: BTreeMap<String, xw::Address>,
     pub authorizations: BTreeMap<String, xsec::Authorization>,
+    /// Sidecars only: per-service L7 routing.
+    pub l7: BTreeMap<String, spar_xds::l7::ServiceRoutes>,
 }
 
 /// The full translated mesh; per-proxy configs are filtered views of it.
@@ -37,6 +40,7 @@ pub struct ProxyConfig {
 pub struct Translated {
     pub addresses: BTreeMap<String, xw::Address>,
     pub authorizations: BTreeMap<String, xsec::Authorization>,
+    pub l7: BTreeMap<String, l7::Host>,
 }
 
 pub fn translate(reg: &Registry) -> Translated {
@@ -81,6 +85,7 @@ pub fn translate(reg: &Registry) -> Translated {
     Translated {
         addresses,
         authorizations: policies,
+        l7: l7::hosts(reg),
     }
 }
 
@@ -108,9 +113,14 @@ pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> Proxy
         })
         .map(|(k, a)| (k.clone(), a.clone()))
         .collect();
+    let l7 = match (view, served.first()) {
+        (ProxyView::Workload { .. }, Some(pod)) => l7::for_pod(reg, &all.l7, pod),
+        _ => BTreeMap::new(),
+    };
     ProxyConfig {
         addresses: all.addresses.clone(),
         authorizations,
+        l7,
     }
 }
 

@@ -1,9 +1,11 @@
-//! `spar echo`, the test workload: an HTTP/1.1 + h2c server that reports what it saw, a TCP
-//! echo, a server-first protocol, and a client that sends load and summarises the answers.
+//! `spar echo`, the test workload: an HTTP/1.1 + h2c server that reports what it saw (and
+//! echoes WebSocket frames), a gRPC echo, a TCP echo, a server-first protocol, and clients.
 
 pub mod client;
+pub mod grpc;
 pub mod server;
 pub mod tcp;
+pub mod ws;
 
 /// Errors of the echo workload; messages say what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub struct PodInfo {
     pub pod: String,
     pub namespace: String,
     pub version: String,
+    /// Print one line per HTTP request to stdout (`--log-requests`).
+    #[serde(skip)]
+    pub log_requests: bool,
 }
 
 impl PodInfo {
@@ -49,6 +54,7 @@ impl PodInfo {
                 .or_else(|| get("POD_VERSION"))
                 .unwrap_or_default(),
             hostname,
+            log_requests: false,
         }
     }
 }

@@ -57,7 +57,9 @@ pub async fn bind_http(
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 // Answer clients that half-close after sending (`spar echo tcp`, netcat).
                 builder.http1().half_close(true);
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -65,10 +67,23 @@ pub async fn bind_http(
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     info: Arc<PodInfo>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if info.log_requests {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("-")
+            .to_string();
+        println!("echo: {} {} host={host}", req.method(), req.uri().path());
+    }
+    if let Some(r) = crate::ws::upgrade(&mut req) {
+        return Ok(r);
+    }
     let query: BTreeMap<String, String> = req
         .uri()
         .query()

@@ -55,6 +55,19 @@ model! {
 }
 
 model! {
+    /// batch/v1 Job: one pod that runs to completion (`restartPolicy` Never or OnFailure).
+    pub struct JobSpec {
+        pub template: PodTemplate,
+        pub backoff_limit: Option<u32>,
+        pub completions: Unsupported,
+        pub parallelism: Unsupported,
+        pub active_deadline_seconds: Unsupported,
+        pub ttl_seconds_after_finished: Unsupported,
+        pub selector: Unsupported,
+    }
+}
+
+model! {
     pub struct PodTemplate {
         pub metadata: ObjectMeta,
         pub spec: PodSpec,

@@ -33,12 +33,13 @@ pub enum Kind {
     ServiceAccount,
     Service,
     Deployment,
+    Job,
     Pod,
     Node,
 }
 
 impl Kind {
-    const ALL: [Kind; 20] = [
+    const ALL: [Kind; 21] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -57,6 +58,7 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Service,
         Kind::Deployment,
+        Kind::Job,
         Kind::Pod,
         Kind::Node,
     ];
@@ -81,6 +83,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Service => "Service",
             Kind::Deployment => "Deployment",
+            Kind::Job => "Job",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
         }
@@ -103,6 +106,7 @@ impl Kind {
                 "gateway.networking.k8s.io"
             }
             Kind::Deployment => "apps",
+            Kind::Job => "batch",
             Kind::Namespace | Kind::ServiceAccount | Kind::Service | Kind::Pod | Kind::Node => "",
         }
     }
@@ -185,6 +189,7 @@ pub enum Spec {
     ServiceAccount,
     Service(k8s::ServiceSpec),
     Deployment(k8s::DeploymentSpec),
+    Job(k8s::JobSpec),
     Pod(k8s::PodSpec, k8s::PodStatus),
     Node(k8s::NodeSpec, k8s::NodeStatus),
 }
@@ -265,6 +270,7 @@ impl Resource {
             Spec::Namespace | Spec::ServiceAccount => (None, None),
             Spec::Service(s) => (Some(to_json(s)), None),
             Spec::Deployment(s) => (Some(to_json(s)), None),
+            Spec::Job(s) => (Some(to_json(s)), None),
             Spec::Pod(s, st) => (Some(to_json(s)), Some(to_json(st))),
             Spec::Node(s, st) => (Some(to_json(s)), Some(to_json(st))),
         };
@@ -383,6 +389,7 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
             Kind::ServiceAccount => Spec::ServiceAccount,
             Kind::Service => Spec::Service(typed(spec_v, "spec")?),
             Kind::Deployment => Spec::Deployment(typed(spec_v, "spec")?),
+            Kind::Job => Spec::Job(typed(spec_v, "spec")?),
             Kind::Pod => Spec::Pod(typed(spec_v, "spec")?, typed(status_v, "status")?),
             Kind::Node => Spec::Node(typed(spec_v, "spec")?, typed(status_v, "status")?),
         })

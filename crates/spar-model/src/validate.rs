@@ -32,6 +32,7 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
         Spec::RequestAuthentication(s) => v.request_authentication(s),
         Spec::Service(s) => v.service(s),
         Spec::Deployment(s) => v.deployment(s),
+        Spec::Job(s) => v.job(s),
         Spec::Pod(_, st) => {
             if let Some(ip) = &st.pod_ip {
                 v.ip("status.podIP", ip);

@@ -16,6 +16,9 @@ use crate::node::Node;
 pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
     let mut registry = Registry::default();
     node.metrics.register(&mut registry);
+    if let Some(e) = &node.engine {
+        e.metrics.register(&mut registry);
+    }
     let registry = Arc::new(registry);
     loop {
         let Ok((s, _)) = listener.accept().await else {
@@ -89,6 +92,13 @@ fn config_dump(node: &Node) -> String {
         "workloads": state.workloads.values().map(|w| w.as_ref()).collect::<Vec<_>>(),
         "services": state.services.values().map(|s| s.as_ref()).collect::<Vec<_>>(),
         "policies": state.policies,
+        "l7": state.l7.iter().map(|(k, s)| (k.clone(), serde_json::json!({
+            "virtual_service": s.virtual_service,
+            "destination_rule": s.destination_rule,
+            "http_routes": s.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            "tcp_routes": s.tcp.len(),
+            "subsets": s.subsets.iter().map(|(n, m)| (n.clone(), m.members.len())).collect::<std::collections::BTreeMap<_, _>>(),
+        }))).collect::<std::collections::BTreeMap<_, _>>(),
     });
     serde_json::to_string_pretty(&dump).unwrap_or_default()
 }

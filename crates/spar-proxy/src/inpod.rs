@@ -141,16 +141,26 @@ impl PodNet {
     }
 }
 
-/// The capture rules for an ambient pod, one table replaced atomically. The redirect runs
-/// before the box's service DNAT (priority -110 < -100), so VIP traffic reaches the proxy.
-pub fn ambient_rules() -> String {
+/// The capture rules for a pod (ambient or sidecar), one table replaced atomically. The
+/// redirect runs before the box's service DNAT (priority -110 < -100), so VIP traffic reaches
+/// the proxy. Excluded ports (sidecar annotations) bypass the proxy in their direction.
+pub fn ambient_rules(exclude_inbound: &[u16], exclude_outbound: &[u16]) -> String {
+    let set = |ports: &[u16]| {
+        if ports.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!("tcp dport {{ {} }} return\n    ", list.join(", "))
+        }
+    };
+    let (inb, outb) = (set(exclude_inbound), set(exclude_outbound));
     format!(
         "table ip spar_ambient {{
   chain prerouting {{
     type nat hook prerouting priority -110; policy accept;
     iifname \"lo\" return
     tcp dport 15008 return
-    meta l4proto tcp redirect to :15006
+    {inb}meta l4proto tcp redirect to :15006
   }}
   chain output {{
     type nat hook output priority -110; policy accept;
@@ -158,7 +168,7 @@ pub fn ambient_rules() -> String {
     udp dport 53 redirect to :15053
     oifname \"lo\" return
     ip daddr 127.0.0.0/8 return
-    meta l4proto tcp redirect to :15001
+    {outb}meta l4proto tcp redirect to :15001
   }}
   chain mark_replies {{
     type route hook output priority -150; policy accept;
@@ -193,11 +203,8 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
 }
 
 /// Install capture: nftables table, policy routing for replies to transparent connections.
-pub fn enroll(netns: &str) -> Result<(), Error> {
-    let rules = format!(
-        "add table ip spar_ambient\ndelete table ip spar_ambient\n{}",
-        ambient_rules()
-    );
+pub fn enroll(netns: &str, table: &str) -> Result<(), Error> {
+    let rules = format!("add table ip spar_ambient\ndelete table ip spar_ambient\n{table}");
     run(
         "ip",
         &["netns", "exec", netns, "nft", "-f", "-"],

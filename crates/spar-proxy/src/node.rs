@@ -34,7 +34,23 @@ use crate::inpod::{self, INBOUND_MARK, OUTBOUND_MARK, PodNet};
 use crate::metrics::{Metrics, TcpLabels};
 use crate::state::{self, State, Upstream, plan_outbound};
 
+/// Which proxy this process is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    /// Ambient: every mesh pod on the node.
+    Node,
+    /// Sidecar: exactly one pod, with the L7 engine on its outbound traffic.
+    Sidecar {
+        namespace: String,
+        name: String,
+        exclude_inbound: Vec<u16>,
+        exclude_outbound: Vec<u16>,
+        log_format: crate::l7::telemetry::LogFormat,
+    },
+}
+
 pub struct NodeOptions {
+    pub role: Role,
     pub node: String,
     pub control: ControlPlane,
     pub trust_domain: String,
@@ -46,22 +62,25 @@ pub struct NodeOptions {
 /// Shared by every connection handler.
 pub struct Node {
     pub name: String,
+    pub role: Role,
     pub state: Arc<ArcSwap<State>>,
     pub certs: Arc<CertManager>,
-    roots: Arc<RootCertStore>,
+    pub(crate) roots: Arc<RootCertStore>,
     trust_domain: String,
-    pool: Pool,
+    pub(crate) pool: Pool,
+    /// Sidecars only.
+    pub engine: Option<Arc<crate::l7::Engine>>,
     pub metrics: Metrics,
     pub generation: watch::Receiver<u64>,
     pub enrolled: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// One enrolled pod.
-struct Pod {
-    workload: Arc<Workload>,
-    ip: IpAddr,
-    identity: String,
-    net: PodNet,
+pub struct Pod {
+    pub workload: Arc<Workload>,
+    pub ip: IpAddr,
+    pub identity: String,
+    pub net: PodNet,
 }
 
 struct Enrolled {
@@ -72,8 +91,14 @@ struct Enrolled {
 impl Node {
     pub fn new(opts: &NodeOptions) -> Result<(Arc<Node>, watch::Sender<u64>), Error> {
         let (tx, rx) = watch::channel(0);
+        let engine = match &opts.role {
+            Role::Sidecar { log_format, .. } => Some(Arc::new(crate::l7::Engine::new(*log_format))),
+            Role::Node => None,
+        };
         let node = Node {
             name: opts.node.clone(),
+            role: opts.role.clone(),
+            engine,
             state: Arc::new(ArcSwap::from_pointee(State::default())),
             certs: CertManager::new(opts.control.clone(), opts.cert_ttl),
             roots: crate::tls::roots(&opts.control.root_pem)?,
@@ -89,10 +114,16 @@ impl Node {
 
 /// Run the node proxy: xDS, then enrol and leave pods as the config says, forever.
 pub async fn run(opts: NodeOptions, node: Arc<Node>, generation_tx: watch::Sender<u64>) {
-    let node_id = format!("spar-node~{}~{}", opts.node, opts.node);
+    let node_id = match &opts.role {
+        Role::Node => format!("spar-node~{}~{}", opts.node, opts.node),
+        Role::Sidecar {
+            namespace, name, ..
+        } => format!("sidecar~~{name}.{namespace}~{namespace}.svc"),
+    };
     tokio::spawn(crate::xds_client::run(
         opts.control.clone(),
         node_id,
+        node.engine.is_some(),
         node.state.clone(),
         generation_tx,
     ));
@@ -103,11 +134,16 @@ pub async fn run(opts: NodeOptions, node: Arc<Node>, generation_tx: watch::Sende
         let desired: BTreeMap<String, Arc<Workload>> = state
             .workloads
             .values()
-            .filter(|w| {
-                w.node == node.name
-                    && w.tunnel_protocol == TunnelProtocol::Hbone as i32
-                    && !w.native_tunnel
-                    && !w.addresses.is_empty()
+            .filter(|w| match &node.role {
+                Role::Node => {
+                    w.node == node.name
+                        && w.tunnel_protocol == TunnelProtocol::Hbone as i32
+                        && !w.native_tunnel
+                        && !w.addresses.is_empty()
+                }
+                Role::Sidecar {
+                    namespace, name, ..
+                } => w.namespace == *namespace && w.name == *name && !w.addresses.is_empty(),
             })
             .map(|w| (w.uid.clone(), w.clone()))
             .collect();
@@ -173,7 +209,17 @@ async fn enroll(
     let dns = net.bind_udp(15053).await?;
     let identity = state::identity(&w);
     node.certs.slot(&identity);
-    inpod::enroll(netns)?;
+    match &node.role {
+        Role::Node => inpod::enroll(netns, &inpod::ambient_rules(&[], &[]))?,
+        Role::Sidecar {
+            exclude_inbound,
+            exclude_outbound,
+            ..
+        } => inpod::enroll(
+            netns,
+            &inpod::ambient_rules(exclude_inbound, exclude_outbound),
+        )?,
+    }
     let pod = Arc::new(Pod {
         workload: w,
         ip,
@@ -210,6 +256,9 @@ fn spawn_accept(
             let (node, pod) = (node.clone(), pod.clone());
             tokio::spawn(async move {
                 match kind {
+                    Kind::Outbound if node.engine.is_some() => {
+                        crate::sidecar::outbound(node, pod, s, peer).await
+                    }
                     Kind::Outbound => outbound(node, pod, s, peer).await,
                     Kind::Plaintext => plaintext_inbound(node, pod, s, peer).await,
                     Kind::Hbone => hbone_inbound(node, pod, s, peer).await,
@@ -270,17 +319,40 @@ where
 }
 
 /// Refuse a plaintext connection with a reset.
-fn reset(s: TcpStream) {
+pub(crate) fn reset(s: TcpStream) {
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
     drop(s);
 }
 
-async fn outbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+pub(crate) async fn outbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let Ok(dst) = inpod::original_dst(&s) else {
         return reset(s);
     };
+    outbound_to(node, pod, s, peer, dst).await
+}
+
+/// The L4 outbound path for a connection whose original destination is known.
+pub(crate) async fn outbound_to(
+    node: Arc<Node>,
+    pod: Arc<Pod>,
+    s: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
     let state = node.state.load_full();
     let plan = plan_outbound(&state, dst, |v| v.shuffle(&mut rand::rng()));
+    forward(node, pod, s, peer, dst, plan).await
+}
+
+/// Connect to the first candidate that answers (HBONE or plain) and copy both ways.
+pub(crate) async fn forward(
+    node: Arc<Node>,
+    pod: Arc<Pod>,
+    s: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    plan: state::OutboundPlan,
+) {
     let service = plan.service.clone().unwrap_or_default();
     let mut last_err = String::from("no endpoint");
     for up in plan.candidates {

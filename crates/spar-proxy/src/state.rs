@@ -17,6 +17,9 @@ pub struct State {
     pub services: BTreeMap<String, Arc<Service>>,
     pub by_vip: HashMap<IpAddr, Arc<Service>>,
     pub policies: BTreeMap<String, Authorization>,
+    /// Sidecars: compiled L7 config per `namespace/hostname`, and by hostname.
+    pub l7: HashMap<String, Arc<crate::l7::config::Service>>,
+    pub l7_by_host: HashMap<String, Arc<crate::l7::config::Service>>,
 }
 
 impl State {
@@ -24,6 +27,7 @@ impl State {
         workloads: BTreeMap<String, Workload>,
         services: BTreeMap<String, Service>,
         policies: BTreeMap<String, Authorization>,
+        l7: BTreeMap<String, Arc<crate::l7::config::Service>>,
     ) -> State {
         let workloads: BTreeMap<String, Arc<Workload>> = workloads
             .into_iter()
@@ -51,12 +55,18 @@ impl State {
                     .map(move |ip| (ip, s.clone()))
             })
             .collect();
+        let l7_by_host = l7
+            .values()
+            .map(|s| (s.hostname.clone(), s.clone()))
+            .collect();
         State {
             workloads,
             by_ip,
             services,
             by_vip,
             policies,
+            l7: l7.into_iter().collect(),
+            l7_by_host,
         }
     }
 }
@@ -162,7 +172,7 @@ pub fn plan_outbound(
     }
 }
 
-fn to_workload(w: &Arc<Workload>, target: SocketAddr) -> Upstream {
+pub fn to_workload(w: &Arc<Workload>, target: SocketAddr) -> Upstream {
     if w.tunnel_protocol == TunnelProtocol::Hbone as i32 {
         Upstream::Hbone {
             addr: SocketAddr::new(target.ip(), HBONE_PORT),
@@ -253,6 +263,7 @@ mod tests {
             [("ns/web.ns.svc.cluster.local".to_string(), svc)]
                 .into_iter()
                 .collect(),
+            BTreeMap::new(),
             BTreeMap::new(),
         );
         let keep = |_: &mut Vec<Arc<Workload>>| {};

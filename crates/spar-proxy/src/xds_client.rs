@@ -12,9 +12,10 @@ use spar_xds::discovery::aggregated_discovery_service_client::AggregatedDiscover
 use spar_xds::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status as RpcStatus,
 };
+use spar_xds::l7::ServiceRoutes;
 use spar_xds::security::Authorization;
 use spar_xds::workload::{Address, Service, Workload, address};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::ControlPlane;
@@ -25,13 +26,16 @@ struct Held {
     workloads: BTreeMap<String, Workload>,
     services: BTreeMap<String, Service>,
     policies: BTreeMap<String, Authorization>,
+    l7: BTreeMap<String, Arc<crate::l7::config::Service>>,
     versions: HashMap<String, HashMap<String, String>>,
 }
 
 /// Keep `state` in sync with the control plane, forever. `changed` ticks after each update.
+/// Sidecars (`l7`) also subscribe to Spar's L7 routing.
 pub async fn run(
     control: ControlPlane,
     node_id: String,
+    l7: bool,
     state: Arc<ArcSwap<State>>,
     changed: watch::Sender<u64>,
 ) {
@@ -42,6 +46,7 @@ pub async fn run(
         match session(
             &control,
             &node_id,
+            l7,
             &mut held,
             &state,
             &changed,
@@ -62,6 +67,7 @@ pub async fn run(
 async fn session(
     control: &ControlPlane,
     node_id: &str,
+    l7: bool,
     held: &mut Held,
     state: &ArcSwap<State>,
     changed: &watch::Sender<u64>,
@@ -77,7 +83,12 @@ async fn session(
         },
     );
     let (tx, rx) = mpsc::channel(16);
-    for type_url in [ADDRESS_TYPE, AUTHORIZATION_TYPE] {
+    let types: &[&str] = if l7 {
+        &[ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE]
+    } else {
+        &[ADDRESS_TYPE, AUTHORIZATION_TYPE]
+    };
+    for &type_url in types {
         let initial_resource_versions = held
             .versions
             .get(type_url)
@@ -112,6 +123,7 @@ async fn session(
                     held.workloads.clone(),
                     held.services.clone(),
                     held.policies.clone(),
+                    held.l7.clone(),
                 )));
                 let _ = changed.send(*generation);
                 DeltaDiscoveryRequest {
@@ -144,6 +156,7 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
     let mut workloads = Vec::new();
     let mut services = Vec::new();
     let mut policies = Vec::new();
+    let mut l7 = Vec::new();
     for r in &resp.resources {
         let body = r
             .resource
@@ -163,6 +176,12 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
                 Authorization::decode(body.value.as_slice())
                     .map_err(|e| format!("{}: {e}", r.name))?,
             )),
+            L7_TYPE => {
+                let sr = ServiceRoutes::decode(body.value.as_slice())
+                    .map_err(|e| format!("{}: {e}", r.name))?;
+                let compiled = crate::l7::config::compile(&sr)?;
+                l7.push((r.name.clone(), Arc::new(compiled)));
+            }
             other => return Err(format!("unexpected type {other}")),
         }
     }
@@ -177,9 +196,13 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
         if resp.type_url == AUTHORIZATION_TYPE {
             held.policies.remove(n);
         }
+        if resp.type_url == L7_TYPE {
+            held.l7.remove(n);
+        }
     }
     held.workloads.extend(workloads);
     held.services.extend(services);
     held.policies.extend(policies);
+    held.l7.extend(l7);
     Ok(())
 }

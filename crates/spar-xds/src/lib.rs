@@ -19,10 +19,17 @@ pub mod ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
+pub mod l7 {
+    tonic::include_proto!("spar.l7.v1");
+}
+
 /// Type URL of ambient addresses (workloads and services).
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of L4 authorization policies.
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of Spar's per-service L7 routing (sidecars and waypoints).
+pub const L7_TYPE: &str = "type.googleapis.com/spar.l7.v1.ServiceRoutes";
 
 /// Pack a message as `google.protobuf.Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, m: &M) -> prost_types::Any {

@@ -37,6 +37,17 @@ impl Checker {
         }
     }
 
+    pub(super) fn job(&mut self, s: &crate::k8s::JobSpec) {
+        match s.template.spec.restart_policy.as_deref() {
+            Some("Never" | "OnFailure") => {}
+            other => self.err(
+                "spec.template.spec.restartPolicy",
+                format!("a Job's pods need restartPolicy Never or OnFailure, not {other:?}"),
+            ),
+        }
+        self.containers(&s.template.spec.containers);
+    }
+
     pub(super) fn deployment(&mut self, s: &crate::k8s::DeploymentSpec) {
         let labels = &s.template.metadata.labels;
         if s.selector.match_labels.is_empty() && s.selector.match_expressions.is_empty() {
@@ -47,13 +58,31 @@ impl Checker {
                 "the pod template's labels do not match spec.selector",
             );
         }
-        if s.template.spec.containers.is_empty() {
+        self.containers(&s.template.spec.containers);
+        if let Some(p) = s
+            .template
+            .spec
+            .restart_policy
+            .as_deref()
+            .filter(|p| *p != "Always")
+        {
+            self.err(
+                "spec.template.spec.restartPolicy",
+                format!(
+                    "a Deployment's pods restart Always, not {p:?}; use a Job to run to completion"
+                ),
+            );
+        }
+    }
+
+    fn containers(&mut self, containers: &[crate::k8s::Container]) {
+        if containers.is_empty() {
             self.err(
                 "spec.template.spec.containers",
                 "at least one container is required",
             );
         }
-        for (i, c) in s.template.spec.containers.iter().enumerate() {
+        for (i, c) in containers.iter().enumerate() {
             if c.command.is_empty() && c.args.is_empty() {
                 self.err(
                     format!("spec.template.spec.containers[{i}].command"),

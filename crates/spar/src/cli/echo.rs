@@ -16,6 +16,30 @@ pub enum EchoCommand {
         tcp_port: Option<u16>,
         #[arg(long)]
         server_first_port: Option<u16>,
+        /// Serve the gRPC echo service (h2c) on this port.
+        #[arg(long)]
+        grpc_port: Option<u16>,
+        /// Print one line per HTTP request (method, path, host) to stdout.
+        #[arg(long)]
+        log_requests: bool,
+    },
+    /// One gRPC call (or, with --stream N, one bidirectional stream of N messages).
+    Grpc {
+        /// e.g. http://ratings:9070
+        url: String,
+        #[arg(long, default_value = "hello")]
+        message: String,
+        #[arg(long, default_value_t = 0)]
+        stream: usize,
+    },
+    /// One WebSocket exchange: handshake, send a text frame, print the echo.
+    Ws {
+        /// HOST:PORT
+        addr: String,
+        #[arg(long, default_value = "/ws")]
+        path: String,
+        #[arg(long, default_value = "hello")]
+        message: String,
     },
     /// Send requests and print a summary (status codes, answering versions and pods, latency).
     Client {
@@ -73,8 +97,15 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 port,
                 tcp_port,
                 server_first_port,
+                grpc_port,
+                log_requests,
             } => {
-                let info = PodInfo::from_env(|k| std::env::var(k).ok());
+                let mut info = PodInfo::from_env(|k| std::env::var(k).ok());
+                info.log_requests = log_requests;
+                if let Some(p) = grpc_port {
+                    let (a, _t) = spar_echo::grpc::bind_grpc(p, info.clone()).await?;
+                    eprintln!("spar echo: gRPC on {a}");
+                }
                 let (addr, http) = server::bind_http(port, info.clone()).await?;
                 eprintln!("spar echo: HTTP/1.1 and h2c on {addr}");
                 if let Some(p) = tcp_port {
@@ -146,6 +177,22 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 }
                 anyhow::ensure!(got == bytes, "only {got} of {bytes} bytes came back");
             }
+            EchoCommand::Grpc {
+                url,
+                message,
+                stream,
+            } => {
+                let s = spar_echo::grpc::call(&url, &message, stream).await;
+                println!("{}", serde_json::to_string(&s)?);
+                if let Some(e) = s.error {
+                    anyhow::bail!("gRPC call failed: {e}");
+                }
+            }
+            EchoCommand::Ws {
+                addr,
+                path,
+                message,
+            } => println!("{}", spar_echo::ws::exchange(&addr, &path, &message).await?),
             EchoCommand::ServerFirst { addr } => {
                 let (banner, answer) = tcp::server_first_exchange(&addr).await?;
                 println!("{banner}\n{answer}");

@@ -1,4 +1,5 @@
-//! `spar proxy node`: run the ambient node proxy for one node.
+//! `spar proxy node` runs the ambient node proxy for one node; `spar proxy sidecar` runs the
+//! L4+L7 proxy of one injected pod.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +8,37 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use spar_proxy::control::ControlPlane;
-use spar_proxy::node::{self, NodeOptions};
+use spar_proxy::l7::telemetry::LogFormat;
+use spar_proxy::node::{self, NodeOptions, Role};
 
 #[derive(Subcommand)]
 pub enum ProxyCommand {
     /// The per-node L4 proxy (ambient mode): HBONE mTLS, in-pod capture, L4 policy, TCP metrics.
     Node(NodeArgs),
+    /// The per-pod L4+L7 proxy (sidecar mode): captures one pod's traffic, HBONE mTLS with
+    /// the pod's own certificate, VirtualService/DestinationRule routing, request metrics.
+    Sidecar(SidecarArgs),
+}
+
+#[derive(Args)]
+pub struct SidecarArgs {
+    /// The pod's namespace.
+    #[arg(long)]
+    namespace: String,
+    /// The pod's name.
+    #[arg(long)]
+    pod: String,
+    /// Inbound ports that bypass the proxy (`traffic.sidecar.istio.io/excludeInboundPorts`).
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports that bypass the proxy (`traffic.sidecar.istio.io/excludeOutboundPorts`).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Access log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    access_log_format: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -20,6 +46,12 @@ pub struct NodeArgs {
     /// The node this proxy serves.
     #[arg(long)]
     node: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+pub struct CommonArgs {
     /// The control plane's xDS/CA address.
     #[arg(long, default_value = "127.0.0.1:15012")]
     xds: String,
@@ -29,7 +61,7 @@ pub struct NodeArgs {
     /// The mesh root certificate (PEM).
     #[arg(long)]
     root_cert: PathBuf,
-    /// The node's bearer token (from `spar control token node NAME`).
+    /// The proxy's bearer token (a node token for the node role, the pod's for a sidecar).
     #[arg(long)]
     token_file: PathBuf,
     #[arg(long, default_value = "cluster.local")]
@@ -53,12 +85,34 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
-    let ProxyCommand::Node(a) = cmd;
+    let (role, name, a) = match cmd {
+        ProxyCommand::Node(n) => (Role::Node, n.node, n.common),
+        ProxyCommand::Sidecar(s) => (
+            Role::Sidecar {
+                namespace: s.namespace.clone(),
+                name: s.pod.clone(),
+                exclude_inbound: s.exclude_inbound_ports,
+                exclude_outbound: s.exclude_outbound_ports,
+                log_format: if s.access_log_format == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+            },
+            format!("{}/{}", s.namespace, s.pod),
+            s.common,
+        ),
+    };
     spar_identity::install_crypto_provider();
     let root_pem = std::fs::read_to_string(&a.root_cert)
         .with_context(|| format!("cannot read the root certificate {}", a.root_cert.display()))?;
+    let what = match role {
+        Role::Node => "node",
+        Role::Sidecar { .. } => "sidecar",
+    };
     let opts = NodeOptions {
-        node: a.node.clone(),
+        role,
+        node: name.clone(),
         control: ControlPlane {
             addr: a.xds.clone(),
             server_name: a.xds_name.clone(),
@@ -83,14 +137,13 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
             )
             .with_context(|| format!("cannot write {}", f.display()))?;
         }
-        eprintln!(
-            "spar proxy node {}: metrics, readiness and config dump on http://{bound}",
-            a.node
-        );
+        eprintln!("spar proxy {what} {name}: metrics, readiness and config dump on http://{bound}");
         tokio::spawn(spar_proxy::admin::serve(listener, node_state.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = node::run(opts, node_state, gen_tx) => {}
             _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
         anyhow::Ok(())
     })

@@ -1,0 +1,367 @@
+//! L7 translation for sidecars (and later waypoints): per service host, the VirtualService
+//! and DestinationRule that bind to it, with every host fully qualified and DestinationRule
+//! subsets resolved to workload uids. Per-proxy parts (sourceLabels, sourceNamespace, the
+//! `Sidecar` resource's egress scope) are resolved in `for_pod`, as Istio does when it
+//! generates a proxy's config.
+
+use std::collections::BTreeMap;
+
+use spar_model::istio::networking::{DestinationRule, VirtualService};
+use spar_model::{Kind, Labels, Spec, labels_match};
+use spar_xds::l7 as xl7;
+
+use crate::registry::{Pod, Registry};
+use crate::translate::{service_host, workload_uid};
+
+/// One service host's L7 config before per-proxy resolution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Host {
+    pub namespace: String,
+    pub hostname: String,
+    pub ports: Vec<xl7::PortProtocol>,
+    /// (namespace/name, spec with hosts made fully qualified).
+    pub virtual_service: Option<(String, VirtualService)>,
+    pub destination_rule: Option<(String, DestinationRule)>,
+    pub subsets: BTreeMap<String, xl7::Members>,
+}
+
+/// `reviews` in namespace `default` -> `reviews.default.svc.cluster.local`, as Istio reads
+/// short names relative to the namespace of the resource that names them.
+pub fn fqdn(host: &str, ns: &str, suffix: &str) -> String {
+    if host.contains('*') || host.ends_with(suffix) {
+        return host.to_string();
+    }
+    match host.matches('.').count() {
+        0 => format!("{host}.{ns}.svc.{suffix}"),
+        1 => format!("{host}.svc.{suffix}"),
+        _ if host.ends_with(".svc") => format!("{host}.{suffix}"),
+        _ => host.to_string(),
+    }
+}
+
+/// The declared protocol of a port, from `appProtocol` or the name prefix.
+pub fn declared_protocol(app: Option<&str>, name: Option<&str>) -> String {
+    let from = |p: &str| match p.to_ascii_lowercase().as_str() {
+        "http" | "http1" => Some("http"),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some("http2"),
+        "grpc" | "grpc-web" => Some("grpc"),
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some("tcp"),
+        _ => None,
+    };
+    app.and_then(from)
+        .or_else(|| name.and_then(|n| from(n.split('-').next().unwrap_or(n))))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn qualify_vs(vs: &VirtualService, ns: &str, suffix: &str) -> VirtualService {
+    let mut vs = vs.clone();
+    let q = |h: &mut String| *h = fqdn(h, ns, suffix);
+    vs.hosts.iter_mut().for_each(q);
+    for r in &mut vs.http {
+        r.route.iter_mut().for_each(|d| q(&mut d.destination.host));
+        if let Some(m) = r.mirror.as_mut() {
+            q(&mut m.host);
+        }
+        r.mirrors
+            .iter_mut()
+            .for_each(|m| q(&mut m.destination.host));
+    }
+    for r in &mut vs.tcp {
+        r.route.iter_mut().for_each(|d| q(&mut d.destination.host));
+    }
+    vs
+}
+
+/// Applies to sidecars: no `gateways`, or `mesh` among them.
+fn for_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+}
+
+/// Every service host with its L7 config.
+pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
+    let suffix = reg.mesh.domain_suffix.as_str();
+    let mut out: BTreeMap<String, Host> = BTreeMap::new();
+    for (r, spec) in reg.services() {
+        let hostname = service_host(reg, r);
+        out.insert(
+            format!("{}/{hostname}", r.namespace()),
+            Host {
+                namespace: r.namespace().to_string(),
+                hostname,
+                ports: spec
+                    .ports
+                    .iter()
+                    .map(|p| xl7::PortProtocol {
+                        port: p.port,
+                        protocol: declared_protocol(p.app_protocol.as_deref(), p.name.as_deref()),
+                        name: p.name.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+    }
+    for r in reg.of_kind(Kind::ServiceEntry) {
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
+        for h in &se.hosts {
+            out.insert(
+                format!("{}/{h}", r.namespace()),
+                Host {
+                    namespace: r.namespace().to_string(),
+                    hostname: h.clone(),
+                    ports: se
+                        .ports
+                        .iter()
+                        .map(|p| xl7::PortProtocol {
+                            port: p.number,
+                            protocol: declared_protocol(p.protocol.as_deref(), Some(&p.name)),
+                            name: p.name.clone(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    // The oldest-named VirtualService and DestinationRule per host win (stable order).
+    for r in reg.of_kind(Kind::VirtualService) {
+        let Spec::VirtualService(vs) = &r.spec else {
+            continue;
+        };
+        if !for_mesh(&vs.gateways) {
+            continue;
+        }
+        let vs = qualify_vs(vs, r.namespace(), suffix);
+        for h in out.values_mut() {
+            if h.virtual_service.is_none() && vs.hosts.iter().any(|x| *x == h.hostname) {
+                h.virtual_service = Some((format!("{}/{}", r.namespace(), r.name()), vs.clone()));
+            }
+        }
+    }
+    for r in reg.of_kind(Kind::DestinationRule) {
+        let Spec::DestinationRule(dr) = &r.spec else {
+            continue;
+        };
+        let host = fqdn(&dr.host, r.namespace(), suffix);
+        for h in out.values_mut() {
+            if h.destination_rule.is_none() && h.hostname == host {
+                let mut dr = dr.clone();
+                dr.host = host.clone();
+                h.destination_rule = Some((format!("{}/{}", r.namespace(), r.name()), dr));
+            }
+        }
+    }
+    for (r, spec) in reg.services() {
+        let key = format!("{}/{}", r.namespace(), service_host(reg, r));
+        let Some(h) = out.get_mut(&key) else { continue };
+        let Some((_, dr)) = &h.destination_rule else {
+            continue;
+        };
+        let subsets = dr
+            .subsets
+            .iter()
+            .map(|s| {
+                let uids = reg
+                    .endpoints(r, spec)
+                    .filter(|p| labels_match(&s.labels, p.labels))
+                    .map(|p| workload_uid(reg, &p))
+                    .collect();
+                (s.name.clone(), xl7::Members { uids })
+            })
+            .collect();
+        h.subsets = subsets;
+    }
+    out
+}
+
+/// The L7 resources one sidecar receives: hosts within its `Sidecar` egress scope, with
+/// matches on the source resolved for this pod.
+pub fn for_pod(
+    reg: &Registry,
+    all: &BTreeMap<String, Host>,
+    pod: &Pod<'_>,
+) -> BTreeMap<String, xl7::ServiceRoutes> {
+    let scope = egress_scope(reg, pod);
+    all.iter()
+        .filter(|(_, h)| in_scope(&scope, pod.namespace, &h.namespace, &h.hostname))
+        .map(|(k, h)| (k.clone(), resolve(h, pod.namespace, pod.labels)))
+        .collect()
+}
+
+fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
+    let keep = |sl: &Labels, sn: &Option<String>, gw: &[String]| {
+        labels_match(sl, labels) && sn.as_deref().is_none_or(|s| s == ns) && for_mesh(gw)
+    };
+    let vs = h.virtual_service.as_ref().map(|(name, vs)| {
+        let mut vs = vs.clone();
+        vs.http.retain_mut(|r| {
+            let had = !r.matches.is_empty();
+            r.matches
+                .retain(|m| keep(&m.source_labels, &m.source_namespace, &m.gateways));
+            r.matches.iter_mut().for_each(|m| {
+                m.source_labels.clear();
+                m.source_namespace = None;
+                m.gateways.clear();
+            });
+            !had || !r.matches.is_empty()
+        });
+        vs.tcp.retain_mut(|r| {
+            let had = !r.matches.is_empty();
+            r.matches
+                .retain(|m| keep(&m.source_labels, &m.source_namespace, &m.gateways));
+            r.matches.iter_mut().for_each(|m| {
+                m.source_labels.clear();
+                m.source_namespace = None;
+                m.gateways.clear();
+            });
+            !had || !r.matches.is_empty()
+        });
+        (name.clone(), vs)
+    });
+    let json = |v: &dyn erased::Json| v.json();
+    xl7::ServiceRoutes {
+        namespace: h.namespace.clone(),
+        hostname: h.hostname.clone(),
+        ports: h.ports.clone(),
+        virtual_service: vs.as_ref().map(|(_, v)| json(v)).unwrap_or_default(),
+        virtual_service_name: vs.map(|(n, _)| n).unwrap_or_default(),
+        destination_rule: h
+            .destination_rule
+            .as_ref()
+            .map(|(_, d)| json(d))
+            .unwrap_or_default(),
+        destination_rule_name: h
+            .destination_rule
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default(),
+        subsets: h.subsets.clone(),
+    }
+}
+
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+/// `(namespace pattern, host pattern)` pairs from the pod's `Sidecar` egress hosts; `None`:
+/// no Sidecar applies and every host is in scope.
+fn egress_scope(reg: &Registry, pod: &Pod<'_>) -> Option<Vec<(String, String)>> {
+    let sidecars: Vec<_> = reg
+        .of_kind(Kind::Sidecar)
+        .filter_map(|r| match &r.spec {
+            Spec::Sidecar(s) => Some((r, s)),
+            _ => None,
+        })
+        .collect();
+    // A selecting Sidecar in the pod's namespace, then a namespace-wide one, then the root's.
+    let chosen = sidecars
+        .iter()
+        .find(|(r, s)| {
+            r.namespace() == pod.namespace
+                && s.workload_selector
+                    .as_ref()
+                    .is_some_and(|w| labels_match(&w.labels, pod.labels))
+        })
+        .or_else(|| {
+            sidecars
+                .iter()
+                .find(|(r, s)| r.namespace() == pod.namespace && s.workload_selector.is_none())
+        })
+        .or_else(|| {
+            sidecars.iter().find(|(r, s)| {
+                r.namespace() == reg.mesh.root_namespace && s.workload_selector.is_none()
+            })
+        })?;
+    Some(
+        chosen
+            .1
+            .egress
+            .iter()
+            .flat_map(|e| &e.hosts)
+            .filter_map(|h| {
+                let (ns, host) = h.split_once('/')?;
+                Some((ns.to_string(), host.to_string()))
+            })
+            .collect(),
+    )
+}
+
+fn in_scope(scope: &Option<Vec<(String, String)>>, pod_ns: &str, ns: &str, host: &str) -> bool {
+    let Some(scope) = scope else { return true };
+    scope.iter().any(|(n, h)| {
+        let ns_ok = n == "*" || (n == "." && ns == pod_ns) || n == ns;
+        let host_ok = h == "*"
+            || h == host
+            || h.strip_prefix('*')
+                .is_some_and(|suffix| host.ends_with(suffix));
+        ns_ok && host_ok
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_qualify_relative_to_the_namespace() {
+        let s = "cluster.local";
+        for (h, want) in [
+            ("reviews", "reviews.default.svc.cluster.local"),
+            ("reviews.prod", "reviews.prod.svc.cluster.local"),
+            ("reviews.prod.svc", "reviews.prod.svc.cluster.local"),
+            (
+                "reviews.default.svc.cluster.local",
+                "reviews.default.svc.cluster.local",
+            ),
+            ("api.example.com", "api.example.com"),
+            ("*.example.com", "*.example.com"),
+        ] {
+            assert_eq!(fqdn(h, "default", s), want, "{h}");
+        }
+    }
+
+    #[test]
+    fn protocols_from_app_protocol_then_name() {
+        for (app, name, want) in [
+            (Some("grpc"), Some("tcp-x"), "grpc"),
+            (None, Some("http-web"), "http"),
+            (None, Some("http2"), "http2"),
+            (None, Some("tcp-db"), "tcp"),
+            (None, Some("web"), ""),
+            (None, None, ""),
+        ] {
+            assert_eq!(declared_protocol(app, name), want);
+        }
+    }
+
+    #[test]
+    fn scope_patterns() {
+        let scope = Some(vec![
+            (".".to_string(), "*".to_string()),
+            ("istio-system".to_string(), "*".to_string()),
+            (
+                "*".to_string(),
+                "ratings.other.svc.cluster.local".to_string(),
+            ),
+        ]);
+        for (ns, host, want) in [
+            ("default", "reviews.default.svc.cluster.local", true),
+            ("istio-system", "x.istio-system.svc.cluster.local", true),
+            ("other", "ratings.other.svc.cluster.local", true),
+            ("other", "details.other.svc.cluster.local", false),
+        ] {
+            assert_eq!(in_scope(&scope, "default", ns, host), want, "{ns}/{host}");
+        }
+        assert!(in_scope(&None, "default", "x", "y"));
+    }
+}

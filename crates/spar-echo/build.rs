@@ -1,0 +1,11 @@
+//! Compile the echo service's .proto with protox (no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/echo.proto");
+    let fds = protox::compile(["proto/echo.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
