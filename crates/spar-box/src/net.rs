@@ -339,6 +339,9 @@ mod tests {
             labels: Default::default(),
             service_account: "default".into(),
             containers: vec![],
+            annotations: Default::default(),
+            restart_policy: "Always".into(),
+            sidecar: false,
         };
         let hosts = hosts_file(&pod, &services);
         assert!(

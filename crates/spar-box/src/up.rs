@@ -307,7 +307,7 @@ async fn start_control(
 async fn wait_enrolled(endpoints: &Path, uid: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let addr = std::fs::read_to_string(&endpoints)
+        let addr = std::fs::read_to_string(endpoints)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["admin"].as_str().map(str::to_string));

@@ -71,6 +71,8 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 #[derive(Deserialize)]
 struct SourceQuery {
     source: Option<String>,
+    /// Namespace for resources that name none.
+    namespace: Option<String>,
 }
 
 async fn apply(
@@ -79,7 +81,7 @@ async fn apply(
     body: String,
 ) -> Response {
     let source = q.source.unwrap_or_else(|| "request".into());
-    match s.config.apply(&source, &body) {
+    match s.config.apply(&source, &body, q.namespace.as_deref()) {
         Ok(done) => {
             let applied: Vec<&String> = done.iter().map(|(k, _)| k).collect();
             let warnings: Vec<String> = done
@@ -102,7 +104,7 @@ async fn delete(
     body: String,
 ) -> Response {
     let source = q.source.unwrap_or_else(|| "request".into());
-    match s.config.delete(&source, &body) {
+    match s.config.delete(&source, &body, q.namespace.as_deref()) {
         Ok(done) => (StatusCode::OK, Json(json!({ "deleted": done }))).into_response(),
         Err(problems) => bad_request(problems),
     }

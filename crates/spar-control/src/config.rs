@@ -130,17 +130,25 @@ impl ConfigState {
     }
 
     /// Validate and store YAML from `spar apply`. All or nothing: any error rejects it all.
+    /// Apply YAML; `namespace` is where resources without one go (`kubectl apply -n`).
     pub fn apply(
         &self,
         source: &str,
         text: &str,
+        namespace: Option<&str>,
     ) -> Result<Vec<(String, Vec<Problem>)>, Vec<Problem>> {
         let loaded = spar_model::load_str(source, text);
         if loaded.has_errors() {
             return Err(loaded.problems);
         }
         let mut done = Vec::new();
-        for (r, _) in loaded.resources {
+        for (mut r, _) in loaded.resources {
+            if let Some(ns) = namespace
+                && r.kind.namespaced()
+                && r.meta.namespace.as_deref().is_none_or(str::is_empty)
+            {
+                r.meta.namespace = Some(ns.to_string());
+            }
             let key = r.key();
             let warnings: Vec<Problem> = loaded
                 .problems
@@ -158,7 +166,12 @@ impl ConfigState {
     }
 
     /// Delete what `text` names (kind, namespace, name); only applied resources can be deleted.
-    pub fn delete(&self, source: &str, text: &str) -> Result<Vec<String>, Vec<Problem>> {
+    pub fn delete(
+        &self,
+        source: &str,
+        text: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<String>, Vec<Problem>> {
         let docs = spar_model::yaml::parse_documents(text).map_err(|e| {
             vec![Problem {
                 line: e.line,
@@ -183,7 +196,7 @@ impl ConfigState {
             let ns = if kind.namespaced() {
                 Some(s("/metadata/namespace"))
                     .filter(|n| !n.is_empty())
-                    .unwrap_or("default".into())
+                    .unwrap_or(namespace.unwrap_or("default").into())
             } else {
                 String::new()
             };

@@ -124,8 +124,11 @@ async fn handle(
     if let Some(d) = query.get("delay").and_then(|d| parse_delay(d)) {
         tokio::time::sleep(d).await;
     }
+    // `only=POD` limits `status` to one pod, so a test can make one endpoint fail.
+    let for_me = query.get("only").is_none_or(|p| *p == info.pod);
     let status = query
         .get("status")
+        .filter(|_| for_me)
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);

@@ -10,6 +10,7 @@ fn info(version: &str) -> PodInfo {
         pod: format!("echo-{version}"),
         namespace: "test".into(),
         version: version.into(),
+        log_requests: false,
     }
 }
 
@@ -126,4 +127,26 @@ async fn tcp_echo_and_server_first() {
         .expect("exchange");
     assert_eq!(banner, "220 echo-v1 spar-echo server-first ready");
     assert_eq!(answer, "echo: hello");
+}
+
+#[tokio::test]
+async fn grpc_unary_and_bidirectional_stream() {
+    let (addr, _t) = spar_echo::grpc::bind_grpc(0, info("v7")).await.expect("bind");
+    let url = format!("http://127.0.0.1:{}", addr.port());
+    let s = spar_echo::grpc::call(&url, "hi", 0).await;
+    assert_eq!(s.error, None);
+    assert_eq!(s.replies, vec!["hi"]);
+    assert_eq!(s.pods, vec!["echo-v7"]);
+    let s = spar_echo::grpc::call(&url, "m", 3).await;
+    assert_eq!(s.error, None);
+    assert_eq!(s.replies, vec!["m-0", "m-1", "m-2"]);
+}
+
+#[tokio::test]
+async fn websocket_echo() {
+    let (addr, _t) = server::bind_http(0, info("v1")).await.expect("bind");
+    let got = spar_echo::ws::exchange(&format!("127.0.0.1:{}", addr.port()), "/ws", "hello ws")
+        .await
+        .expect("exchange");
+    assert_eq!(got, "hello ws");
 }

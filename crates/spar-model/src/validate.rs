@@ -169,10 +169,7 @@ impl Checker {
     /// Fields Spar accepts but does not act on: warn, by name, so nothing is silently dropped.
     fn unsupported(&mut self, r: &Resource) {
         let patterns: &[&str] = match r.kind {
-            Kind::VirtualService => &[
-                "spec.http[*].delegate",
-                "spec.http[*].fault.delay.exponentialDelay",
-            ],
+            Kind::VirtualService => &[],
             Kind::DestinationRule => &[
                 "spec.trafficPolicy.tunnel",
                 "spec.trafficPolicy.proxyProtocol",

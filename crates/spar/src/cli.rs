@@ -54,7 +54,7 @@ enum Command {
     Label(mesh::LabelArgs),
     /// Run a data-plane proxy.
     #[command(subcommand)]
-    Proxy(proxy::ProxyCommand),
+    Proxy(Box<proxy::ProxyCommand>),
     /// The test workload: echo server, load client, TCP and server-first exchanges.
     #[command(subcommand)]
     Echo(echo::EchoCommand),
@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => admin_client::apply(&args, "/apply"),
         Command::Delete(args) => admin_client::apply(&args, "/delete"),
         Command::Echo(cmd) => echo::run(cmd),
-        Command::Proxy(cmd) => proxy::run(cmd),
+        Command::Proxy(cmd) => proxy::run(*cmd),
         Command::Up(args) => mesh::up(args),
         Command::Down(args) => mesh::down(args),
         Command::Status(args) => mesh::status(args),

@@ -136,7 +136,7 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
         }
         let vs = qualify_vs(vs, r.namespace(), suffix);
         for h in out.values_mut() {
-            if h.virtual_service.is_none() && vs.hosts.iter().any(|x| *x == h.hostname) {
+            if h.virtual_service.is_none() && vs.hosts.contains(&h.hostname) {
                 h.virtual_service = Some((format!("{}/{}", r.namespace(), r.name()), vs.clone()));
             }
         }

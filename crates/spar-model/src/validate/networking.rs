@@ -42,6 +42,25 @@ impl Checker {
     }
 
     fn http_route(&mut self, p: &str, r: &net::HttpRoute) {
+        // What the L7 engine cannot honour is refused here, not half-applied in proxies.
+        for (set, field) in [
+            (r.delegate.is_some(), "delegate"),
+            (r.cors_policy.is_some(), "corsPolicy"),
+            (
+                r.fault
+                    .as_ref()
+                    .and_then(|f| f.delay.as_ref())
+                    .is_some_and(|d| d.exponential_delay.is_some()),
+                "fault.delay.exponentialDelay",
+            ),
+        ] {
+            if set {
+                self.err(
+                    format!("{p}.{field}"),
+                    "Spar's L7 engine does not implement this field yet; remove it",
+                );
+            }
+        }
         let actions = usize::from(!r.route.is_empty())
             + usize::from(r.redirect.is_some())
             + usize::from(r.direct_response.is_some())
@@ -204,6 +223,12 @@ impl Checker {
             &t.outlier_detection,
             &t.tls,
         );
+        if !t.port_level_settings.is_empty() {
+            self.err(
+                format!("{p}.portLevelSettings"),
+                "Spar's L7 engine does not implement per-port policies yet; set the policy for the whole host",
+            );
+        }
         for (i, pl) in t.port_level_settings.iter().enumerate() {
             let pp = format!("{p}.portLevelSettings[{i}]");
             match &pl.port {

@@ -622,16 +622,13 @@ fn resolve(ds: &Downstream, st: &State, t: &Target, h2: bool) -> Option<Resolved
     let svc = st.l7_by_host.get(&t.host)?;
     let svc_key = format!("{}/{}", svc.namespace, svc.hostname);
     let port = t.port.unwrap_or(ds.dst.port());
-    let members = match &t.subset {
-        // An unknown subset selects nothing (Istio answers 503 NR/UH too).
-        Some(s) => Some(
-            svc.subsets
-                .get(s)
-                .map(|s| s.members.clone())
-                .unwrap_or_default(),
-        ),
-        None => None,
-    };
+    // An unknown subset selects nothing (Istio answers 503 too).
+    let members = t.subset.as_ref().map(|s| {
+        svc.subsets
+            .get(s)
+            .map(|s| s.members.clone())
+            .unwrap_or_default()
+    });
     let policy = svc.policy_for(t.subset.as_deref()).clone();
     let cluster = ds
         .engine

@@ -11,6 +11,9 @@ pub struct FileArgs {
     /// YAML file (or - for standard input).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
+    /// Namespace for resources that name none (like `kubectl apply -n`).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
     /// Admin address of the control plane (default: from the state directory, else 127.0.0.1:15014).
     #[arg(long)]
     admin: Option<String>,
@@ -43,7 +46,14 @@ pub fn apply(args: &FileArgs, path: &str) -> anyhow::Result<()> {
         };
         let (code, body) = spar_box::admin::post(
             &admin,
-            &format!("{path}?source={}", encode(&name)),
+            &format!(
+                "{path}?source={}{}",
+                encode(&name),
+                args.namespace
+                    .as_deref()
+                    .map(|n| format!("&namespace={}", encode(n)))
+                    .unwrap_or_default()
+            ),
             &text,
         )
         .with_context(|| {
