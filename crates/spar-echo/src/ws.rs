@@ -169,7 +169,7 @@ mod tests {
         // RFC 6455 section 1.3.
         assert_eq!(
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiXPlzbHgexLOkDKxOo+s="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
