@@ -328,6 +328,56 @@ spec:
 ";
 
     #[test]
+    fn injection_follows_istio() {
+        let l = |kv: &[(&str, &str)]| -> Labels {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let enabled = l(&[("istio-injection", "enabled")]);
+        for (ns, pod, want) in [
+            (Some(&enabled), l(&[]), true),
+            (
+                Some(&enabled),
+                l(&[("sidecar.istio.io/inject", "false")]),
+                false,
+            ),
+            (None, l(&[("sidecar.istio.io/inject", "true")]), true),
+            (Some(&l(&[("istio-injection", "disabled")])), l(&[]), false),
+            (None, l(&[]), false),
+        ] {
+            assert_eq!(injected(ns, &pod), want, "{ns:?} {pod:?}");
+        }
+    }
+
+    #[test]
+    fn jobs_run_once_with_their_restart_policy() {
+        let r = resources(
+            "apiVersion: batch/v1
+kind: Job
+metadata: {name: once, namespace: a}
+spec:
+  template:
+    metadata: {labels: {app: once}, annotations: {traffic.sidecar.istio.io/excludeOutboundPorts: '25'}}
+    spec:
+      restartPolicy: OnFailure
+      containers: [{name: c, command: ['true']}]
+",
+        );
+        let p = plan(&r, &BoxSpec::default()).expect("plan");
+        assert_eq!(p.pods.len(), 1);
+        assert_eq!(p.pods[0].name, "once-0");
+        assert_eq!(p.pods[0].restart_policy, "OnFailure");
+        assert_eq!(
+            p.pods[0]
+                .annotations
+                .get("traffic.sidecar.istio.io/excludeOutboundPorts")
+                .map(String::as_str),
+            Some("25")
+        );
+    }
+
+    #[test]
     fn spreads_pods_and_assigns_addresses() {
         let p = plan(&resources(MESH), &BoxSpec::default()).expect("plans");
         let placed: Vec<(&str, &str, String)> = p

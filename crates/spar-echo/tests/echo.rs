@@ -131,7 +131,9 @@ async fn tcp_echo_and_server_first() {
 
 #[tokio::test]
 async fn grpc_unary_and_bidirectional_stream() {
-    let (addr, _t) = spar_echo::grpc::bind_grpc(0, info("v7")).await.expect("bind");
+    let (addr, _t) = spar_echo::grpc::bind_grpc(0, info("v7"))
+        .await
+        .expect("bind");
     let url = format!("http://127.0.0.1:{}", addr.port());
     let s = spar_echo::grpc::call(&url, "hi", 0).await;
     assert_eq!(s.error, None);

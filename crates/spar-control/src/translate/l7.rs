@@ -311,6 +311,133 @@ fn in_scope(scope: &Option<Vec<(String, String)>>, pod_ns: &str, ns: &str, host:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::MeshSettings;
+    use crate::translate::{ProxyView, proxy_config, translate};
+
+    const MESH: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}, {name: tcp-db, port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: other}
+spec: {selector: {app: cart}, ports: [{name: grpc-api, port: 7000}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r2, namespace: shop, labels: {app: reviews, version: v2}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.1.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: admin, namespace: shop, labels: {app: admin}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.1.4}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: admin}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: narrow, namespace: shop}
+spec:
+  workloadSelector: {labels: {app: web}}
+  egress: [{hosts: [./*]}]
+";
+
+    fn view(reg: &Registry, pod: &str) -> BTreeMap<String, xl7::ServiceRoutes> {
+        let all = translate(reg);
+        proxy_config(
+            reg,
+            &all,
+            &ProxyView::Workload {
+                namespace: "shop".into(),
+                name: pod.into(),
+            },
+        )
+        .l7
+    }
+
+    #[test]
+    fn per_pod_l7_config() {
+        let l = spar_model::load_str("t", MESH);
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        let reg = Registry::new(
+            MeshSettings::default(),
+            l.resources.into_iter().map(|(r, _)| r),
+        );
+        let key = "shop/reviews.shop.svc.cluster.local";
+        // The admin pod keeps its sourceLabels route, resolved (no sourceLabels left).
+        let admin = view(&reg, "admin");
+        let r = &admin[key];
+        assert_eq!(r.virtual_service_name, "shop/reviews");
+        let vs: serde_json::Value = serde_json::from_str(&r.virtual_service).expect("json");
+        assert_eq!(vs["http"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            vs["http"][0]["match"][0]["sourceLabels"],
+            serde_json::json!({})
+        );
+        assert_eq!(
+            vs["http"][1]["route"][0]["destination"]["host"],
+            "reviews.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            r.subsets["v1"].uids,
+            vec!["Kubernetes//Pod/shop/r1".to_string()]
+        );
+        assert_eq!(
+            r.subsets["v2"].uids,
+            vec!["Kubernetes//Pod/shop/r2".to_string()]
+        );
+        let ports: Vec<(u32, &str)> = r
+            .ports
+            .iter()
+            .map(|p| (p.port, p.protocol.as_str()))
+            .collect();
+        assert_eq!(ports, vec![(9080, "http"), (5432, "tcp")]);
+        // Another pod: the route for admin's labels is gone; other namespaces stay in scope.
+        let r2 = view(&reg, "r2");
+        let vs: serde_json::Value = serde_json::from_str(&r2[key].virtual_service).expect("json");
+        assert_eq!(vs["http"].as_array().map(Vec::len), Some(1));
+        assert!(r2.contains_key("other/cart.other.svc.cluster.local"));
+        // The web pod's Sidecar limits it to its own namespace.
+        let web = view(&reg, "web");
+        assert!(web.contains_key(key));
+        assert!(!web.contains_key("other/cart.other.svc.cluster.local"));
+    }
 
     #[test]
     fn short_names_qualify_relative_to_the_namespace() {
