@@ -440,6 +440,22 @@ async fn plaintext_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: S
         tracing::info!(target: "access", "inbound src={peer} dst={dst} via=plaintext denied=\"{why}\"");
         return reset(s);
     }
+    if node.engine.is_some() {
+        let current = state.workloads.get(&pod.workload.uid).cloned();
+        let w = current.as_deref().unwrap_or(&pod.workload);
+        if let Some((service, _)) = crate::l7::inbound::declared_http(w, dst.port()) {
+            let ib = Arc::new(crate::l7::inbound::Inbound::new(
+                node.clone(),
+                pod.clone(),
+                peer,
+                None,
+                dst,
+                service,
+                false,
+            ));
+            return crate::l7::inbound::serve(ib, TokioIo::new(s)).await;
+        }
+    }
     match connect_app(&pod, dst, peer.ip()).await {
         Ok(app) => {
             let src = state.by_ip.get(&peer.ip()).cloned();
@@ -468,7 +484,11 @@ async fn plaintext_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: S
 
 /// Connect to the application as the client (its real source address), falling back to the
 /// pod's own address if transparent sockets are not available.
-async fn connect_app(pod: &Pod, dst: SocketAddr, src: IpAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_app(
+    pod: &Pod,
+    dst: SocketAddr,
+    src: IpAddr,
+) -> std::io::Result<TcpStream> {
     match pod.net.connect(dst, INBOUND_MARK, Some(src)).await {
         Ok(s) => Ok(s),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(e),
@@ -557,7 +577,31 @@ async fn connect_request(
         tracing::info!(target: "access", "{log} denied=\"{why}\"");
         return hbone::status(StatusCode::UNAUTHORIZED);
     }
-    // 3. The application, as the client.
+    // 3. Sidecars parse HTTP on ports the pod's Service declares HTTP (destination metrics,
+    //    XFCC); everything else is L4.
+    if node.engine.is_some() {
+        let current = state.workloads.get(&pod.workload.uid).cloned();
+        let w = current.as_deref().unwrap_or(&pod.workload);
+        if let Some((service, _)) = crate::l7::inbound::declared_http(w, target.port()) {
+            let ib = Arc::new(crate::l7::inbound::Inbound::new(
+                node.clone(),
+                pod.clone(),
+                peer,
+                peer_id.clone(),
+                target,
+                service,
+                true,
+            ));
+            tokio::spawn(async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(io) => crate::l7::inbound::serve(ib, io).await,
+                    Err(e) => tracing::debug!(error = %e, "HBONE stream upgrade failed"),
+                }
+            });
+            return hbone::status(StatusCode::OK);
+        }
+    }
+    // 4. The application, as the client.
     let app = match connect_app(&pod, target, peer.ip()).await {
         Ok(a) => a,
         Err(e) => {
@@ -565,7 +609,7 @@ async fn connect_request(
             return hbone::status(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    // 4. 200, then copy once the stream is upgraded.
+    // 5. 200, then copy once the stream is upgraded.
     let src = state.by_ip.get(&peer.ip()).cloned();
     let l = labels("destination", src.as_deref(), Some(&pod.workload), "", true);
     tokio::spawn(async move {

@@ -61,7 +61,10 @@ pub async fn outbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socket
         let ds = ds.clone();
         async move { Ok::<_, Infallible>(handle(ds, req).await) }
     });
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that half-closes after its request still gets the answer.
+    builder.http1().half_close(true);
+    let _ = builder
         .serve_connection_with_upgrades(TokioIo::new(s), svc_fn)
         .await;
 }

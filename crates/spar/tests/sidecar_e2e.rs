@@ -217,6 +217,37 @@ fn protocols(state: &Path) {
         &["spar", "echo", "ws", "reviews:9080", "--message", "ping-ws"],
     );
     assert_eq!(text(&out).trim(), "ping-ws", "{}", text(&out));
+    // The destination sidecar hands the app the caller's verified identity and address.
+    let get = "GET /who HTTP/1.1\r\nHost: reviews\r\nx-forwarded-client-cert: URI=spiffe://forged\r\nConnection: close\r\n\r\n";
+    let out = exec(
+        state,
+        NS,
+        CLIENT,
+        &["spar", "echo", "tcp", "reviews:9080", "--message", get],
+    );
+    let t = text(&out);
+    let body: serde_json::Value = t
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON answer: {t}"));
+    assert_eq!(
+        body["peer_identity"], "spiffe://cluster.local/ns/mesh/sa/client",
+        "{t}"
+    );
+    let client_ip = state_json(state)["plan"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "client-0")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .expect("client ip");
+    assert!(
+        body["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{client_ip}:"))),
+        "{t}"
+    );
     let bad = "GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n";
     let out = exec(
         state,
@@ -520,14 +551,15 @@ fn sidecar_and_ambient(state: &Path) {
         ],
     ));
     assert_eq!(count(&s, "by_status", "200"), 5, "ambient -> sidecar: {s}");
-    let log = std::fs::read_to_string(state.join("logs").join("sidecar-mesh-ratings-v1-0.log"))
-        .unwrap_or_default()
-        + &std::fs::read_to_string(state.join("logs").join("sidecar-mesh-ratings-v1-1.log"))
-            .unwrap_or_default();
+    let metrics = admin_get(state, "sidecar-mesh-ratings-v1-0", "/metrics")
+        + &admin_get(state, "sidecar-mesh-ratings-v1-1", "/metrics");
     assert!(
-        log.lines().any(|l| l.contains("via=hbone")
-            && l.contains("src_id=spiffe://cluster.local/ns/amb/sa/web")),
-        "the ambient pod arrived over HBONE with its own identity"
+        metrics.lines().any(
+            |l| l.starts_with("istio_requests_total{reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/amb/sa/web\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        ),
+        "the ambient pod arrived over HBONE with its own identity: {metrics}"
     );
 }
 
@@ -550,4 +582,15 @@ fn telemetry(state: &Path) {
     }
     assert!(metrics.contains("istio_request_duration_milliseconds_bucket"));
     assert!(metrics.contains("istio_response_bytes_sum"));
+    // The destination side reports too, with the caller's identity.
+    let metrics = admin_get(state, "sidecar-mesh-reviews-v1-0", "/metrics");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("istio_requests_total{reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/mesh/sa/client\"")
+                && l.contains("destination_service=\"reviews.mesh.svc.cluster.local\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        ),
+        "no destination-side request metric: {metrics}"
+    );
 }

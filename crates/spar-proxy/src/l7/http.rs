@@ -43,12 +43,12 @@ pub struct Downstream {
     pub peer: SocketAddr,
 }
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub fn full_body(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
 fn local(status: StatusCode, flags: &str, body: &str) -> Response<Body> {
-    let mut r = Response::new(full(body.to_string()));
+    let mut r = Response::new(full_body(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -75,7 +75,7 @@ fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
 }
 
 /// Hop-by-hop headers never travel upstream (except the ones an upgrade needs).
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -119,7 +119,7 @@ enum ReqBody {
 impl ReqBody {
     fn take(&mut self) -> Option<Body> {
         match self {
-            ReqBody::Buffered(b) => Some(full(b.clone())),
+            ReqBody::Buffered(b) => Some(full_body(b.clone())),
             ReqBody::Stream(s) => s.take().map(|b| b.map_err(BoxError::from).boxed()),
         }
     }
@@ -307,14 +307,22 @@ fn finish(
         .unwrap_or_else(|| "-".into());
     drop(st);
     let engine = ds.engine.clone();
-    let (parts, body) = resp.into_parts();
-    let done = Box::new(move |sent: u64| {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+    counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.duration_ms = ms as u64;
         engine.metrics.record(&labels, ms, log.bytes_received, sent);
         log.emit(engine.log_format);
-    });
+    })
+}
+
+/// Wrap a response so `done(duration_ms, body_bytes)` runs when its body is finished.
+pub fn counted(
+    resp: Response<Body>,
+    started: Instant,
+    done: impl FnOnce(f64, u64) + Send + Sync + 'static,
+) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let done = Box::new(move |sent: u64| done(started.elapsed().as_secs_f64() * 1000.0, sent));
     Response::from_parts(
         parts,
         Counted {

@@ -4,13 +4,15 @@
 //! - `route`: pure route selection, weights, rewrites, redirects;
 //! - `balance`: load balancing, circuit breaking, outlier detection;
 //! - `detect`: protocol detection on undeclared ports;
-//! - `http`: the per-request pipeline; `upstream`: HBONE or plain connections;
+//! - `http`: the outbound per-request pipeline; `inbound`: the destination side;
+//! - `upstream`: HBONE or plain connections;
 //! - `telemetry`: Istio's request metrics and the access log.
 
 pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod http;
+pub mod inbound;
 pub mod route;
 pub mod telemetry;
 pub mod upstream;
