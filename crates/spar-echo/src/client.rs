@@ -27,6 +27,8 @@ pub struct Options {
     pub timeout: Duration,
     /// A new connection per request (so connection-level load balancing is visible).
     pub no_keepalive: bool,
+    /// GET unless told otherwise (POST tests retries of non-idempotent requests).
+    pub method: http::Method,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -128,7 +130,9 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
                 } else {
                     Instant::now()
                 };
-                let mut req = http::Request::get(uri.clone())
+                let mut req = http::Request::builder()
+                    .method(opts.method.clone())
+                    .uri(uri.clone())
                     .body(Empty::new())
                     .unwrap_or_default();
                 *req.headers_mut() = headers.clone();

@@ -1,6 +1,8 @@
 //! `spar echo`, the test workload: an HTTP/1.1 + h2c server that reports what it saw (and
 //! echoes WebSocket frames), a gRPC echo, a TCP echo, a server-first protocol, and clients.
 
+pub use http::Method;
+
 pub mod client;
 pub mod grpc;
 pub mod server;

@@ -24,6 +24,7 @@ fn opts(url: String, http2: bool) -> client::Options {
         http2,
         timeout: Duration::from_secs(5),
         no_keepalive: false,
+        method: http::Method::GET,
     }
 }
 

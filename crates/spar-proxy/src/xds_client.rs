@@ -206,3 +206,49 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
     held.l7.extend(l7);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spar_xds::discovery::Resource;
+
+    fn l7_response(name: &str, vs: serde_json::Value) -> DeltaDiscoveryResponse {
+        let sr = ServiceRoutes {
+            namespace: "ns".into(),
+            hostname: "web.ns.svc.cluster.local".into(),
+            virtual_service: vs.to_string(),
+            virtual_service_name: "ns/web".into(),
+            ..Default::default()
+        };
+        DeltaDiscoveryResponse {
+            type_url: L7_TYPE.into(),
+            nonce: "1".into(),
+            resources: vec![Resource {
+                version: "v".into(),
+                name: name.into(),
+                resource: Some(spar_xds::to_any(L7_TYPE, &sr)),
+                aliases: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn l7_config_the_engine_cannot_apply_is_refused_and_the_last_good_stays() {
+        let mut held = Held::default();
+        let good = serde_json::json!({"hosts": ["web.ns.svc.cluster.local"],
+            "http": [{"name": "good", "route": [{"destination": {"host": "web.ns.svc.cluster.local"}}]}]});
+        apply(&mut held, &l7_response("ns/web.ns.svc.cluster.local", good)).expect("applies");
+        let bad = serde_json::json!({"hosts": ["web.ns.svc.cluster.local"],
+            "http": [{"match": [{"uri": {"regex": "("}}], "route": [{"destination": {"host": "web"}}]}]});
+        let e =
+            apply(&mut held, &l7_response("ns/web.ns.svc.cluster.local", bad)).expect_err("NACK");
+        assert!(e.contains("regex") || e.contains("("), "{e}");
+        let svc = &held.l7["ns/web.ns.svc.cluster.local"];
+        assert_eq!(
+            svc.http[0].name, "good",
+            "the last good config stays in force"
+        );
+        assert_eq!(held.versions[L7_TYPE]["ns/web.ns.svc.cluster.local"], "v");
+    }
+}

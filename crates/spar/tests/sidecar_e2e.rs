@@ -131,7 +131,9 @@ fn sidecar_mode() {
     request_timeouts(state);
     circuit_breaking(state);
     mirroring(state);
+    rewrite_headers_redirect(state);
     consistent_hashing(state);
+    retries(state);
     outlier_detection(state);
     sidecar_and_ambient(state);
     telemetry(state);
@@ -438,6 +440,96 @@ spec:
         assert!(Instant::now() < deadline, "the mirror got {copies} copies");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+fn raw(state: &Path, addr: &str, request: &str) -> String {
+    text(&exec(
+        state,
+        NS,
+        CLIENT,
+        &["spar", "echo", "tcp", addr, "--message", request],
+    ))
+}
+
+fn rewrite_headers_redirect(state: &Path) {
+    apply(
+        state,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uri: /new/}
+    headers:
+      request: {set: {x-added: 'yes'}, remove: [x-drop]}
+      response: {set: {x-resp: '1'}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {exact: /moved}}]
+    redirect: {uri: /elsewhere, authority: other.example}
+  - route: [{destination: {host: reviews, subset: v1}}]
+",
+    );
+    let t = raw(
+        state,
+        "reviews:9080",
+        "GET /old/page?q=1 HTTP/1.1\r\nHost: reviews\r\nx-drop: z\r\nConnection: close\r\n\r\n",
+    );
+    let body: serde_json::Value = t
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("{t}"));
+    assert_eq!(body["path"], "/new/page", "{t}");
+    assert_eq!(body["query"], "q=1", "{t}");
+    assert_eq!(body["headers"]["x-added"], "yes", "{t}");
+    assert!(body["headers"].get("x-drop").is_none(), "{t}");
+    assert!(t.to_ascii_lowercase().contains("x-resp: 1"), "{t}");
+    let t = raw(
+        state,
+        "reviews:9080",
+        "GET /moved HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n",
+    );
+    assert!(t.starts_with("HTTP/1.1 301"), "{t}");
+    assert!(
+        t.to_ascii_lowercase()
+            .contains("location: http://other.example/elsewhere"),
+        "{t}"
+    );
+}
+
+/// Retries move a failed GET to another endpoint; a POST that reached the upstream is not
+/// retried.
+fn retries(state: &Path) {
+    apply(
+        state,
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: ratings}}]
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}
+",
+    );
+    let failing = "http://ratings:9080/?status=503&only=ratings-v1-0";
+    let s = client(state, failing, &["--count", "10"]);
+    assert_eq!(
+        count(&s, "by_status", "200"),
+        10,
+        "GETs retried elsewhere: {s}"
+    );
+    let s = client(state, failing, &["--count", "10", "-X", "POST"]);
+    assert!(count(&s, "by_status", "503") > 0, "POSTs not retried: {s}");
 }
 
 fn consistent_hashing(state: &Path) {

@@ -62,6 +62,9 @@ pub enum EchoCommand {
         json: bool,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
         /// Open a new connection for every request.
         #[arg(long)]
         no_keepalive: bool,
@@ -130,7 +133,10 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 json,
                 timeout,
                 no_keepalive,
+                method,
             } => {
+                let method = spar_echo::Method::from_bytes(method.as_bytes())
+                    .map_err(|_| anyhow::anyhow!("invalid method {method:?}"))?;
                 let headers = headers
                     .iter()
                     .map(|h| {
@@ -148,6 +154,7 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                     http2,
                     timeout,
                     no_keepalive,
+                    method,
                 })
                 .await?;
                 if json {
