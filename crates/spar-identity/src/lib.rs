@@ -9,7 +9,7 @@ pub mod error;
 pub mod spiffe;
 pub mod token;
 
-pub use ca::{CertificateAuthority, IssuedCert};
+pub use ca::{CertificateAuthority, IssuedCert, make_csr, write_private_file};
 pub use error::Error;
 pub use spiffe::Identity;
 pub use token::{Claims, Subject, TokenIssuer};

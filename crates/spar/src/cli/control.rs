@@ -1,5 +1,7 @@
-//! `spar control`: run the control plane in the foreground, and `spar control token` to mint
-//! a bearer token from the control plane's state directory.
+//! `spar control`: run the control plane in the foreground, `spar control token` to mint a
+//! bearer token from the control plane's state directory, and `spar control cert` to issue a
+//! workload certificate from its CA into files (for proxies Spar does not run, such as the
+//! Envoy baseline of the benchmarks).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -59,6 +61,16 @@ enum ControlAction {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Issue a workload certificate: writes cert-chain.pem, key.pem (0600) and root-cert.pem.
+    Cert {
+        /// The SPIFFE identity, e.g. spiffe://cluster.local/ns/bench/sa/server.
+        identity: String,
+        /// Directory for the three files.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -74,6 +86,9 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     }) = &args.action
     {
         return mint(&args.state_dir, kind, name, service_account, *ttl);
+    }
+    if let Some(ControlAction::Cert { identity, out, ttl }) = &args.action {
+        return cert(&args.state_dir, &args.trust_domain, identity, out, *ttl);
     }
     let mut opts = Options::new(args.state_dir.clone());
     opts.config_dir = args.config.clone();
@@ -146,5 +161,33 @@ fn mint(
     );
     let issuer = TokenIssuer::load_or_create(&key)?;
     println!("{}", issuer.mint(subject, ttl)?);
+    Ok(())
+}
+
+fn cert(
+    state_dir: &std::path::Path,
+    trust_domain: &str,
+    identity: &str,
+    out: &std::path::Path,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let id: spar_identity::Identity = identity
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{identity:?} is not a SPIFFE workload identity: {e}"))?;
+    let dir = state_dir.join("ca");
+    anyhow::ensure!(
+        dir.join("root-cert.pem").exists(),
+        "no CA in {}: start `spar control --state-dir {}` first",
+        dir.display(),
+        state_dir.display()
+    );
+    let ca = spar_identity::CertificateAuthority::load_or_create(&dir, trust_domain)?;
+    let (csr_pem, key_pem) = spar_identity::make_csr(Some(&id))?;
+    let issued = ca.sign_csr(&csr_pem, &id, ttl)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join("cert-chain.pem"), issued.chain.join(""))?;
+    spar_identity::write_private_file(&out.join("key.pem"), &key_pem)?;
+    std::fs::write(out.join("root-cert.pem"), ca.root_pem())?;
+    println!("{}", out.display());
     Ok(())
 }
