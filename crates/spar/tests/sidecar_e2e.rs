@@ -118,7 +118,7 @@ fn sidecar_mode() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path();
     let _guard = Down(state.to_path_buf());
-    let mesh = repo("crates/spar/tests/fixtures/sidecar-mesh.yaml");
+    let mesh = repo("examples/sidecar/mesh.yaml");
     let out = spar(state, &["up", "-d", mesh.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
 
