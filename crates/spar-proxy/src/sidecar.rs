@@ -99,26 +99,9 @@ fn tcp_plan(st: &State, svc: &Service, key: &str, dst: SocketAddr) -> OutboundPl
             .map(|s| s.members.clone())
             .unwrap_or_default()
     });
-    let mut eps: Vec<_> = st
-        .workloads
-        .values()
-        .filter(|w| w.status == spar_xds::workload::WorkloadStatus::Healthy as i32)
-        .filter(|w| members.as_ref().is_none_or(|m| m.contains(&w.uid)))
-        .filter_map(|w| {
-            let p = w
-                .services
-                .get(&tkey)?
-                .ports
-                .iter()
-                .find(|p| p.service_port == u32::from(port))?;
-            let tp = if p.target_port == 0 {
-                port
-            } else {
-                u16::try_from(p.target_port).ok()?
-            };
-            let ip = w.addresses.first().and_then(|a| state::ip(a))?;
-            Some(state::to_workload(w, SocketAddr::new(ip, tp)))
-        })
+    let mut eps: Vec<_> = crate::l7::http::endpoints(st, &tkey, port, members.as_ref())
+        .iter()
+        .map(|(addr, w)| state::to_workload(w, *addr))
         .collect();
     rand_shuffle(&mut eps);
     OutboundPlan {

@@ -135,7 +135,7 @@ impl ReqBody {
 }
 
 /// Endpoints of `target` for port `port`: (target address, workload).
-fn endpoints(
+pub(crate) fn endpoints(
     st: &State,
     svc_key: &str,
     port: u16,
