@@ -192,33 +192,12 @@ pub fn for_pod(
 }
 
 fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
-    let keep = |sl: &Labels, sn: &Option<String>, gw: &[String]| {
-        labels_match(sl, labels) && sn.as_deref().is_none_or(|s| s == ns) && for_mesh(gw)
-    };
     let vs = h.virtual_service.as_ref().map(|(name, vs)| {
         let mut vs = vs.clone();
-        vs.http.retain_mut(|r| {
-            let had = !r.matches.is_empty();
-            r.matches
-                .retain(|m| keep(&m.source_labels, &m.source_namespace, &m.gateways));
-            r.matches.iter_mut().for_each(|m| {
-                m.source_labels.clear();
-                m.source_namespace = None;
-                m.gateways.clear();
-            });
-            !had || !r.matches.is_empty()
-        });
-        vs.tcp.retain_mut(|r| {
-            let had = !r.matches.is_empty();
-            r.matches
-                .retain(|m| keep(&m.source_labels, &m.source_namespace, &m.gateways));
-            r.matches.iter_mut().for_each(|m| {
-                m.source_labels.clear();
-                m.source_namespace = None;
-                m.gateways.clear();
-            });
-            !had || !r.matches.is_empty()
-        });
+        vs.http
+            .retain_mut(|r| for_source(&mut r.matches, ns, labels));
+        vs.tcp
+            .retain_mut(|r| for_source(&mut r.matches, ns, labels));
         (name.clone(), vs)
     });
     let json = |v: &dyn erased::Json| v.json();
@@ -240,6 +219,48 @@ fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
             .unwrap_or_default(),
         subsets: h.subsets.clone(),
     }
+}
+
+/// The source-side fields of a match (HTTP or L4), resolved per proxy.
+trait SourceMatch {
+    fn source(&mut self) -> (&mut Labels, &mut Option<String>, &mut Vec<String>);
+}
+
+impl SourceMatch for spar_model::istio::networking::HttpMatchRequest {
+    fn source(&mut self) -> (&mut Labels, &mut Option<String>, &mut Vec<String>) {
+        (
+            &mut self.source_labels,
+            &mut self.source_namespace,
+            &mut self.gateways,
+        )
+    }
+}
+
+impl SourceMatch for spar_model::istio::networking::L4MatchAttributes {
+    fn source(&mut self) -> (&mut Labels, &mut Option<String>, &mut Vec<String>) {
+        (
+            &mut self.source_labels,
+            &mut self.source_namespace,
+            &mut self.gateways,
+        )
+    }
+}
+
+/// Keep the matches that apply to a pod in `ns` with `labels`, with their source conditions
+/// cleared; false when a route had matches and none apply (the route is dropped).
+fn for_source<M: SourceMatch>(matches: &mut Vec<M>, ns: &str, labels: &Labels) -> bool {
+    let had = !matches.is_empty();
+    matches.retain_mut(|m| {
+        let (sl, sn, gw) = m.source();
+        labels_match(sl, labels) && sn.as_deref().is_none_or(|s| s == ns) && for_mesh(gw)
+    });
+    for m in matches.iter_mut() {
+        let (sl, sn, gw) = m.source();
+        sl.clear();
+        *sn = None;
+        gw.clear();
+    }
+    !had || !matches.is_empty()
 }
 
 mod erased {
