@@ -198,6 +198,7 @@ pub fn label_namespace(
     changes: &[String],
 ) -> Result<String, Error> {
     let paths = Paths::new(state_dir);
+    let _lock = BoxState::lock(&paths)?;
     let mut s = BoxState::read(&paths)?;
     let labels = s.namespaces.entry(namespace.to_string()).or_default();
     for c in changes {

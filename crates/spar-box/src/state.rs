@@ -67,9 +67,23 @@ impl BoxState {
             .map_err(|e| Error::Invalid(format!("{}: {e}", paths.state().display())))
     }
 
+    /// Hold the state file's lock: `spar up` and `spar label` both read, change and write it,
+    /// and without the lock one could write back a state the other just replaced.
+    pub fn lock(paths: &Paths) -> Result<std::fs::File, Error> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(paths.root.join("box.lock"))?;
+        f.lock()?;
+        Ok(f)
+    }
+
     /// Write atomically (temp file + rename), so readers never see half a file.
     pub fn write(&self, paths: &Paths) -> Result<(), Error> {
-        let tmp = paths.state().with_extension("tmp");
+        let tmp = paths
+            .state()
+            .with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
         std::fs::rename(tmp, paths.state())?;
         Ok(())

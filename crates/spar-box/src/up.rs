@@ -215,6 +215,7 @@ async fn run_mesh(
 
 /// `spar label` edits namespace labels in the state file while we run: keep its edits.
 fn merge_labels_and_write(state: &mut BoxState, paths: &Paths) -> Result<(), Error> {
+    let _lock = BoxState::lock(paths)?;
     if let Ok(on_disk) = BoxState::read(paths) {
         state.namespaces = on_disk.namespaces;
     }
