@@ -53,8 +53,10 @@ def _tls(certs, peer_id, upstream):
                               "private_key": {"filename": f"{certs}/key.pem"}}],
         "validation_context": {"trusted_ca": {"filename": f"{certs}/root-cert.pem"},
                                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_id}}]},
-        "alpn_protocols": ["h2", "http/1.1"],
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+        # No ALPN: the inbound HTTP connection manager detects HTTP/1.1 or h2 from the bytes, so
+        # each upstream connection carries whichever protocol its downstream spoke.
+        # Envoy clients default to at most TLS 1.2: pin both ends to 1.3, as the mesh uses.
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
     }
     if upstream:
         return {"name": "envoy.transport_sockets.tls", "typed_config": {

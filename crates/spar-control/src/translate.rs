@@ -140,7 +140,10 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
     let label = |keys: &[&str]| keys.iter().find_map(|k| p.labels.get(*k).cloned());
     let mut services = BTreeMap::new();
     for (r, spec) in reg.services() {
-        if reg.endpoints(r, spec).any(|e| e.name == p.name) {
+        if reg
+            .endpoints(r, spec)
+            .any(|e| e.name == p.name && e.namespace == p.namespace)
+        {
             let ports = spec
                 .ports
                 .iter()
@@ -493,9 +496,18 @@ status: {podIP: 10.0.2.1}
     #[test]
     fn workloads_and_services_and_modes() {
         let r = reg(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {selector: {app: web}, clusterIP: 10.96.0.1, ports: [{name: grpc-api, port: 80, targetPort: 9090}]}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {selector: {app: web}, clusterIP: 10.96.0.1, ports: [{name: grpc-api, port: 80, targetPort: 9090}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: a1, namespace: b, labels: {app: web}}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.2.2}\n",
         );
         let all = translate(&r);
+        let Some(xw::address::Type::Workload(twin)) = &all.addresses["Kubernetes//Pod/b/a1"].r#type
+        else {
+            panic!("workload")
+        };
+        assert!(
+            twin.services.is_empty(),
+            "a pod with the same name in another namespace is not an endpoint"
+        );
         let Some(xw::address::Type::Workload(a1)) = &all.addresses["Kubernetes//Pod/a/a1"].r#type
         else {
             panic!("workload")

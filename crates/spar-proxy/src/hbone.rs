@@ -23,6 +23,34 @@ use crate::inpod::{OUTBOUND_MARK, PodNet};
 /// Streams per pooled connection before another is opened (ztunnel allows 100).
 const STREAMS_PER_CONN: usize = 100;
 
+/// HTTP/2 flow control and framing for tunnels. hyper's defaults (a 1 MiB window on the
+/// server side, 16 KiB frames) stall one bulk stream on window updates and spend a frame
+/// header, a TLS record and a wake-up per 16 KiB; tunnels carry whole TCP streams, so they get
+/// wide windows and large frames (ztunnel chose similar values).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONN_WINDOW: u32 = 16 << 20;
+const MAX_FRAME: u32 = 1 << 20;
+
+/// What the TLS layer of a tunnel reads from the socket per syscall. rustls asks for at most
+/// 4 KiB at a time; on a bulk tunnel that is a syscall and a wake-up per 4 KiB, so the socket
+/// is read through a buffer (one per pooled connection, so the memory is small).
+const TLS_READ_BUF: usize = 64 * 1024;
+
+/// A tunnel's TCP socket as the TLS layer should read it.
+pub fn buffered(s: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUF, s)
+}
+
+/// The HTTP/2 server side of HBONE (port 15008), tuned like the client.
+pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(MAX_FRAME as usize);
+    b
+}
+
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct PoolKey {
     src: String,
@@ -140,10 +168,14 @@ async fn dial(
     // No SNI is sent; the name only satisfies the API.
     let name = rustls_pki_types::ServerName::IpAddress(c.addr.ip().into());
     let tls = TlsConnector::from(cfg)
-        .connect(name, tcp)
+        .connect(name, buffered(tcp))
         .await
         .map_err(|e| up(format!("mTLS: {e}")))?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(MAX_FRAME as usize)
         .handshake(TokioIo::new(tls))
         .await
         .map_err(|e| up(e.to_string()))?;

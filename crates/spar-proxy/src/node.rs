@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rand::seq::SliceRandom;
 use rustls::RootCertStore;
 use spar_xds::workload::{TunnelProtocol, Workload};
@@ -301,6 +301,9 @@ fn labels(
     }
 }
 
+/// Bytes moved per read and write when relaying a connection.
+const COPY_BUF: usize = 64 * 1024;
+
 /// Copy both ways, then account bytes and log the connection.
 async fn proxy<A, B>(node: &Node, mut a: A, mut b: B, l: TcpLabels, log: String)
 where
@@ -309,9 +312,10 @@ where
 {
     let started = Instant::now();
     node.metrics.opened.get_or_create(&l).inc();
-    let (sent, received) = tokio::io::copy_bidirectional(&mut a, &mut b)
-        .await
-        .unwrap_or((0, 0));
+    let (sent, received) =
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF)
+            .await
+            .unwrap_or((0, 0));
     node.metrics.sent.get_or_create(&l).inc_by(sent);
     node.metrics.received.get_or_create(&l).inc_by(received);
     node.metrics.closed.get_or_create(&l).inc();
@@ -508,7 +512,10 @@ async fn hbone_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socke
         Ok(c) => c,
         Err(e) => return tracing::warn!(error = %e, "HBONE TLS config"),
     };
-    let tls = match tokio_rustls::TlsAcceptor::from(cfg).accept(s).await {
+    let tls = match tokio_rustls::TlsAcceptor::from(cfg)
+        .accept(crate::hbone::buffered(s))
+        .await
+    {
         Ok(t) => t,
         Err(e) => {
             return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"mTLS: {e}\"");
@@ -524,7 +531,7 @@ async fn hbone_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socke
             Ok::<_, std::convert::Infallible>(connect_request(node, pod, peer, peer_id, req).await)
         }
     });
-    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let _ = crate::hbone::server_builder()
         .serve_connection(TokioIo::new(tls), svc)
         .await;
 }

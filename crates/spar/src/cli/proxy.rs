@@ -37,6 +37,11 @@ pub struct SidecarArgs {
     /// Access log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     access_log_format: String,
+    /// Runtime worker threads. One by default, as Linkerd does: a sidecar serves one pod, and
+    /// a single worker spares the cross-thread wake-ups (the bench measured about a quarter
+    /// less CPU per request than with two).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -46,6 +51,9 @@ pub struct NodeArgs {
     /// The node this proxy serves.
     #[arg(long)]
     node: String,
+    /// Runtime worker threads: a node proxy serves every pod of its node (ztunnel runs two).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -85,8 +93,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
-    let (role, name, a) = match cmd {
-        ProxyCommand::Node(n) => (Role::Node, n.node, n.common),
+    let (role, name, workers, a) = match cmd {
+        ProxyCommand::Node(n) => (Role::Node, n.node, n.workers, n.common),
         ProxyCommand::Sidecar(s) => (
             Role::Sidecar {
                 namespace: s.namespace.clone(),
@@ -100,6 +108,7 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
                 },
             },
             format!("{}/{}", s.namespace, s.pod),
+            s.workers,
             s.common,
         ),
     };
@@ -123,7 +132,11 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         cert_ttl: a.cert_ttl,
         netns_template: a.netns_template.clone(),
     };
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(workers))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let (node_state, gen_tx) = node::Node::new(&opts)?;
         let listener = spar_proxy::admin::bind(a.admin)
