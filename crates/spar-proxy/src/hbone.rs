@@ -2,22 +2,23 @@
 //! (source identity, destination identity, destination address) and opens a new one when a
 //! connection has carried its share of streams, so a busy pool spreads over several
 //! connections (and so over worker threads). The server answers 200, 401, 503 or 400.
+//! Both ends drive HTTP/2 with the `h2` crate directly (see `h2stream`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use tokio_rustls::TlsConnector;
 
 use crate::Error;
 use crate::certs::CertManager;
+use crate::h2stream::H2Stream;
 use crate::inpod::{OUTBOUND_MARK, PodNet};
 
 /// Streams per pooled connection before another is opened (ztunnel allows 100).
@@ -42,13 +43,30 @@ pub fn buffered(s: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::Tc
 }
 
 /// The HTTP/2 server side of HBONE (port 15008), tuned like the client.
-pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.initial_stream_window_size(STREAM_WINDOW)
+pub fn server_builder() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(MAX_FRAME as usize);
+        .max_send_buffer_size(MAX_FRAME as usize)
+        .max_concurrent_streams(STREAMS_PER_CONN as u32 * 2);
     b
+}
+
+/// Answer a CONNECT with 200 and return the tunnel's byte stream.
+pub fn accept(mut respond: SendResponse<Bytes>, recv: h2::RecvStream) -> Option<H2Stream> {
+    match respond.send_response(status(StatusCode::OK), false) {
+        Ok(send) => Some(H2Stream::new(send, recv)),
+        Err(e) => {
+            tracing::debug!(error = %e, "HBONE stream closed before its answer");
+            None
+        }
+    }
+}
+
+/// Answer a CONNECT with an error status, ending the stream.
+pub fn refuse(mut respond: SendResponse<Bytes>, s: StatusCode) {
+    let _ = respond.send_response(status(s), true);
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -59,8 +77,10 @@ struct PoolKey {
 }
 
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     streams: Arc<()>,
+    /// Set when the connection's task ends.
+    closed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -86,21 +106,26 @@ impl Pool {
         certs: &Arc<CertManager>,
         roots: &Arc<RootCertStore>,
         c: Connect<'_>,
-    ) -> Result<(Upgraded, Arc<()>), Error> {
+    ) -> Result<(H2Stream, Arc<()>), Error> {
+        let up = |reason: String| Error::Upstream {
+            addr: c.addr.to_string(),
+            reason,
+        };
         let key = PoolKey {
             src: c.src_identity.into(),
             dst: c.dst_identity.into(),
             addr: c.addr,
         };
-        let (mut sender, guard) = match self.reuse(&key) {
+        let (sender, guard) = match self.reuse(&key) {
             Some(p) => p,
             None => {
-                let sender = dial(certs, roots, &c).await?;
+                let (sender, closed) = dial(certs, roots, &c).await?;
                 let guard = Arc::new(());
                 let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
                 conns.entry(key).or_default().push(Pooled {
                     sender: sender.clone(),
                     streams: guard.clone(),
+                    closed,
                 });
                 (sender, guard)
             }
@@ -111,39 +136,29 @@ impl Pool {
             .header("forwarded", format!("for=\"{}\"", c.src_addr))
             .header("traceparent", traceparent())
             .header("baggage", "")
-            .body(Empty::new())
-            .map_err(|e| Error::Upstream {
-                addr: c.addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| Error::Upstream {
-                addr: c.addr.to_string(),
-                reason: e.to_string(),
-            })?;
+            .body(())
+            .map_err(|e| up(e.to_string()))?;
+        // Waits while the peer's stream limit is reached.
+        let mut sender = sender.ready().await.map_err(|e| up(e.to_string()))?;
+        let (resp, send) = sender
+            .send_request(req, false)
+            .map_err(|e| up(e.to_string()))?;
+        let resp = resp.await.map_err(|e| up(e.to_string()))?;
         if resp.status() != StatusCode::OK {
             return Err(Error::HboneStatus {
                 addr: c.target.to_string(),
                 status: resp.status().as_u16(),
             });
         }
-        let io = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| Error::Upstream {
-                addr: c.addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok((io, guard))
+        Ok((H2Stream::new(send, resp.into_body()), guard))
     }
 
-    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<()>)> {
+    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Bytes>, Arc<()>)> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.get_mut(key)?;
-        list.retain(|p| !p.sender.is_closed());
+        list.retain(|p| !p.closed.load(Ordering::Acquire));
         list.iter()
-            .filter(|p| p.sender.is_ready() && Arc::strong_count(&p.streams) <= STREAMS_PER_CONN)
+            .filter(|p| Arc::strong_count(&p.streams) <= STREAMS_PER_CONN)
             .min_by_key(|p| Arc::strong_count(&p.streams))
             .map(|p| (p.sender.clone(), p.streams.clone()))
     }
@@ -153,7 +168,7 @@ async fn dial(
     certs: &Arc<CertManager>,
     roots: &Arc<RootCertStore>,
     c: &Connect<'_>,
-) -> Result<SendRequest<Empty<Bytes>>, Error> {
+) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), Error> {
     let up = |reason: String| Error::Upstream {
         addr: c.addr.to_string(),
         reason,
@@ -171,20 +186,23 @@ async fn dial(
         .connect(name, buffered(tcp))
         .await
         .map_err(|e| up(format!("mTLS: {e}")))?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let (sender, conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(MAX_FRAME as usize)
-        .handshake(TokioIo::new(tls))
+        .max_send_buffer_size(MAX_FRAME as usize)
+        .handshake::<_, Bytes>(tls)
         .await
         .map_err(|e| up(e.to_string()))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "HBONE connection closed");
         }
+        flag.store(true, Ordering::Release);
     });
-    Ok(sender)
+    Ok((sender, closed))
 }
 
 /// A fresh W3C trace context for each tunnel.
@@ -195,13 +213,13 @@ fn traceparent() -> String {
 }
 
 /// The server side's answer for a request that is not a well-formed CONNECT.
-pub fn bad_request(why: &str) -> Response<Empty<Bytes>> {
+pub fn bad_request(respond: SendResponse<Bytes>, why: &str) {
     tracing::debug!(why, "HBONE request rejected");
-    status(StatusCode::BAD_REQUEST)
+    refuse(respond, StatusCode::BAD_REQUEST)
 }
 
-pub fn status(s: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn status(s: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = s;
     r
 }

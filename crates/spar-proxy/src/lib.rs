@@ -8,6 +8,7 @@ pub mod certs;
 pub mod control;
 pub mod dns;
 pub mod error;
+pub mod h2stream;
 pub mod hbone;
 pub mod inpod;
 pub mod l7;

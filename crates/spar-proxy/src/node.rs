@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
+use http::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::seq::SliceRandom;
 use rustls::RootCertStore;
@@ -388,7 +387,7 @@ pub(crate) async fn forward(
                             "outbound src={peer} dst={dst} upstream={target} via=hbone:{addr} src_id={} dst_id={identity}",
                             pod.identity
                         );
-                        return proxy(&node, s, TokioIo::new(io), l, log).await;
+                        return proxy(&node, s, io, l, log).await;
                     }
                     Err(e) => last_err = e.to_string(),
                 }
@@ -525,15 +524,19 @@ async fn hbone_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socke
         return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"ALPN h2 required\"");
     }
     let peer_id = crate::tls::peer_identity(tls.get_ref().1.peer_certificates());
-    let svc = hyper::service::service_fn(move |req| {
+    let mut conn = match crate::hbone::server_builder().handshake(tls).await {
+        Ok(c) => c,
+        Err(e) => return tracing::debug!(error = %e, "HBONE HTTP/2 handshake failed"),
+    };
+    // Accepting also drives the connection, so this loop runs until the peer goes away.
+    while let Some(next) = conn.accept().await {
+        let (req, respond) = match next {
+            Ok(r) => r,
+            Err(e) => return tracing::debug!(error = %e, "HBONE connection closed"),
+        };
         let (node, pod, peer_id) = (node.clone(), pod.clone(), peer_id.clone());
-        async move {
-            Ok::<_, std::convert::Infallible>(connect_request(node, pod, peer, peer_id, req).await)
-        }
-    });
-    let _ = crate::hbone::server_builder()
-        .serve_connection(TokioIo::new(tls), svc)
-        .await;
+        tokio::spawn(connect_request(node, pod, peer, peer_id, req, respond));
+    }
 }
 
 /// One CONNECT stream: checks in phases, each failure its own status.
@@ -542,21 +545,22 @@ async fn connect_request(
     pod: Arc<Pod>,
     peer: SocketAddr,
     peer_id: Option<String>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Empty<Bytes>> {
+    req: Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+) {
     // 1. A CONNECT to this pod's own address.
     if req.method() != Method::CONNECT {
-        return hbone::bad_request("not CONNECT");
+        return hbone::bad_request(respond, "not CONNECT");
     }
     let Some(target) = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return hbone::bad_request("authority is not ip:port");
+        return hbone::bad_request(respond, "authority is not ip:port");
     };
     if target.ip() != pod.ip {
-        return hbone::bad_request("authority is not this pod");
+        return hbone::bad_request(respond, "authority is not this pod");
     }
     // 2. Policy, with the peer's verified identity.
     let principal = peer_id
@@ -582,7 +586,7 @@ async fn connect_request(
     );
     if let Decision::Deny(why) = authorize(&policies_for(&state, &pod), &conn) {
         tracing::info!(target: "access", "{log} denied=\"{why}\"");
-        return hbone::status(StatusCode::UNAUTHORIZED);
+        return hbone::refuse(respond, StatusCode::UNAUTHORIZED);
     }
     // 3. Sidecars parse HTTP on ports the pod's Service declares HTTP (destination metrics,
     //    XFCC); everything else is L4.
@@ -599,13 +603,10 @@ async fn connect_request(
                 service,
                 true,
             ));
-            tokio::spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(io) => crate::l7::inbound::serve(ib, io).await,
-                    Err(e) => tracing::debug!(error = %e, "HBONE stream upgrade failed"),
-                }
-            });
-            return hbone::status(StatusCode::OK);
+            if let Some(io) = hbone::accept(respond, req.into_body()) {
+                crate::l7::inbound::serve(ib, TokioIo::new(io)).await;
+            }
+            return;
         }
     }
     // 4. The application, as the client.
@@ -613,17 +614,13 @@ async fn connect_request(
         Ok(a) => a,
         Err(e) => {
             tracing::info!(target: "access", "{log} error=\"{e}\"");
-            return hbone::status(StatusCode::SERVICE_UNAVAILABLE);
+            return hbone::refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    // 5. 200, then copy once the stream is upgraded.
+    // 5. 200, then copy.
     let src = state.by_ip.get(&peer.ip()).cloned();
     let l = labels("destination", src.as_deref(), Some(&pod.workload), "", true);
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(io) => proxy(&node, TokioIo::new(io), app, l, log).await,
-            Err(e) => tracing::debug!(error = %e, "HBONE stream upgrade failed"),
-        }
-    });
-    hbone::status(StatusCode::OK)
+    if let Some(io) = hbone::accept(respond, req.into_body()) {
+        proxy(&node, io, app, l, log).await;
+    }
 }

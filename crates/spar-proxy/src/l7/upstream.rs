@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::combinators::BoxBody;
-use hyper::upgrade::Upgraded;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,7 +31,7 @@ pub type HttpClient = Client<MeshConnector, Body>;
 pub enum UpIo {
     Tcp(TokioIo<TcpStream>),
     /// An HBONE stream; the guard counts it against its pooled HTTP/2 connection.
-    Tunnel(Upgraded, Arc<()>),
+    Tunnel(TokioIo<crate::h2stream::H2Stream>, Arc<()>),
 }
 
 impl hyper::rt::Read for UpIo {
@@ -125,7 +124,7 @@ async fn dial(node: &Node, pod: &Pod, target: SocketAddr) -> Result<UpIo, BoxErr
                 src_addr: SocketAddr::new(pod.ip, 0),
             };
             let (io, guard) = node.pool.connect(&node.certs, &node.roots, c).await?;
-            Ok(UpIo::Tunnel(io, guard))
+            Ok(UpIo::Tunnel(TokioIo::new(io), guard))
         }
         _ => Ok(UpIo::Tcp(TokioIo::new(
             pod.net.connect(target, OUTBOUND_MARK, None).await?,
