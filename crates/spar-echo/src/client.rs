@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
@@ -101,7 +102,10 @@ pub async fn run(opts: Options) -> Result<Summary, Error> {
     if opts.no_keepalive {
         builder.pool_max_idle_per_host(0);
     }
-    let client = builder.build_http::<Empty<Bytes>>();
+    // Load generators (wrk, oha) disable Nagle; so does this one, or h2 frames wait on ACKs.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = builder.build::<_, Empty<Bytes>>(connector);
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();

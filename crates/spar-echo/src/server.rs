@@ -51,6 +51,8 @@ pub async fn bind_http(
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
+            // Like any real server: answers must not wait for the client's delayed ACK.
+            let _ = stream.set_nodelay(true);
             let info = info.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(req, peer, info.clone()));

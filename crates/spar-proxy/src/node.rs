@@ -252,6 +252,10 @@ fn spawn_accept(
             let Ok((s, peer)) = l.accept().await else {
                 continue;
             };
+            // Without this, a response written as several small writes (an h2 HEADERS frame,
+            // then DATA, each its own TLS record) waits behind Nagle for the peer's delayed
+            // ACK: 40 ms stalls at the tail. Every socket the proxy dials sets it too.
+            let _ = s.set_nodelay(true);
             let (node, pod) = (node.clone(), pod.clone());
             tokio::spawn(async move {
                 match kind {
