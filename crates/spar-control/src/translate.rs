@@ -15,6 +15,7 @@ use crate::registry::{DataplaneMode, Pod, Registry};
 
 mod authz;
 pub mod l7;
+pub mod telemetry;
 pub use authz::{authorization, effective_mtls, peer_authentication_policy};
 
 /// Whose config is being computed.
@@ -33,6 +34,8 @@ pub struct ProxyConfig {
     pub authorizations: BTreeMap<String, xsec::Authorization>,
     /// Sidecars only: per-service L7 routing.
     pub l7: BTreeMap<String, spar_xds::l7::ServiceRoutes>,
+    /// Sidecars only: access logging from Istio's Telemetry API.
+    pub telemetry: Option<spar_xds::l7::Telemetry>,
 }
 
 /// The full translated mesh; per-proxy configs are filtered views of it.
@@ -113,14 +116,18 @@ pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> Proxy
         })
         .map(|(k, a)| (k.clone(), a.clone()))
         .collect();
-    let l7 = match (view, served.first()) {
-        (ProxyView::Workload { .. }, Some(pod)) => l7::for_pod(reg, &all.l7, pod),
-        _ => BTreeMap::new(),
+    let (l7, telemetry) = match (view, served.first()) {
+        (ProxyView::Workload { .. }, Some(pod)) => (
+            l7::for_pod(reg, &all.l7, pod),
+            Some(telemetry::for_pod(reg, pod)),
+        ),
+        _ => (BTreeMap::new(), None),
     };
     ProxyConfig {
         addresses: all.addresses.clone(),
         authorizations,
         l7,
+        telemetry,
     }
 }
 

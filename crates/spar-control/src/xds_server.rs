@@ -14,7 +14,7 @@ use serde::Serialize;
 use spar_identity::{Subject, TokenIssuer};
 use spar_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, to_any};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_NAME, TELEMETRY_TYPE, to_any};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -276,6 +276,11 @@ fn resources(cfg: &ProxyConfig, type_url: &str) -> Resources {
             .iter()
             .map(|(n, a)| (n.clone(), entry(type_url, a)))
             .collect(),
+        TELEMETRY_TYPE => cfg
+            .telemetry
+            .iter()
+            .map(|t| (TELEMETRY_NAME.to_string(), entry(type_url, t)))
+            .collect(),
         // Unknown types get an empty answer, so clients asking for them still become ready.
         _ => Resources::new(),
     }
@@ -295,6 +300,7 @@ fn dump(
                 ADDRESS_TYPE => cfg.addresses.get(n).map(|a| json(a)),
                 AUTHORIZATION_TYPE => cfg.authorizations.get(n).map(|a| json(a)),
                 L7_TYPE => cfg.l7.get(n).map(|a| json(a)),
+                TELEMETRY_TYPE => cfg.telemetry.as_ref().map(|t| json(t)),
                 _ => None,
             }?;
             Some((n.clone(), v))

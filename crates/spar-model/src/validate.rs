@@ -184,7 +184,11 @@ impl Checker {
                 "spec.rules[*].filters[*].extensionRef",
                 "spec.rules[*].filters[*].cors",
             ],
-            Kind::Telemetry => &["spec.tracing[*].customTags"],
+            Kind::Telemetry => &[
+                "spec.tracing[*].customTags",
+                "spec.accessLogging[*].filter",
+                "spec.metrics[*].overrides",
+            ],
             Kind::Deployment => &[
                 "spec.strategy",
                 "spec.minReadySeconds",

@@ -20,6 +20,8 @@ pub struct State {
     /// Sidecars: compiled L7 config per `namespace/hostname`, and by hostname.
     pub l7: HashMap<String, Arc<crate::l7::config::Service>>,
     pub l7_by_host: HashMap<String, Arc<crate::l7::config::Service>>,
+    /// Sidecars: which access log lines to write (Istio's Telemetry API; none by default).
+    pub telemetry: spar_xds::l7::Telemetry,
 }
 
 impl State {
@@ -67,6 +69,7 @@ impl State {
             policies,
             l7: l7.into_iter().collect(),
             l7_by_host,
+            telemetry: Default::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use spar_xds::discovery::{
 use spar_xds::l7::ServiceRoutes;
 use spar_xds::security::Authorization;
 use spar_xds::workload::{Address, Service, Workload, address};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_TYPE};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::ControlPlane;
@@ -27,6 +27,7 @@ struct Held {
     services: BTreeMap<String, Service>,
     policies: BTreeMap<String, Authorization>,
     l7: BTreeMap<String, Arc<crate::l7::config::Service>>,
+    telemetry: Option<spar_xds::l7::Telemetry>,
     versions: HashMap<String, HashMap<String, String>>,
 }
 
@@ -84,7 +85,7 @@ async fn session(
     );
     let (tx, rx) = mpsc::channel(16);
     let types: &[&str] = if l7 {
-        &[ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE]
+        &[ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_TYPE]
     } else {
         &[ADDRESS_TYPE, AUTHORIZATION_TYPE]
     };
@@ -119,12 +120,14 @@ async fn session(
         let ack = match apply(held, &resp) {
             Ok(()) => {
                 *generation += 1;
-                state.store(Arc::new(State::build(
+                let mut next = State::build(
                     held.workloads.clone(),
                     held.services.clone(),
                     held.policies.clone(),
                     held.l7.clone(),
-                )));
+                );
+                next.telemetry = held.telemetry.clone().unwrap_or_default();
+                state.store(Arc::new(next));
                 let _ = changed.send(*generation);
                 DeltaDiscoveryRequest {
                     type_url: resp.type_url.clone(),
@@ -157,6 +160,7 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
     let mut services = Vec::new();
     let mut policies = Vec::new();
     let mut l7 = Vec::new();
+    let mut telemetry = None;
     for r in &resp.resources {
         let body = r
             .resource
@@ -182,6 +186,12 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
                 let compiled = crate::l7::config::compile(&sr)?;
                 l7.push((r.name.clone(), Arc::new(compiled)));
             }
+            TELEMETRY_TYPE => {
+                telemetry = Some(
+                    spar_xds::l7::Telemetry::decode(body.value.as_slice())
+                        .map_err(|e| format!("{}: {e}", r.name))?,
+                );
+            }
             other => return Err(format!("unexpected type {other}")),
         }
     }
@@ -199,11 +209,17 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
         if resp.type_url == L7_TYPE {
             held.l7.remove(n);
         }
+        if resp.type_url == TELEMETRY_TYPE {
+            held.telemetry = None;
+        }
     }
     held.workloads.extend(workloads);
     held.services.extend(services);
     held.policies.extend(policies);
     held.l7.extend(l7);
+    if telemetry.is_some() {
+        held.telemetry = telemetry;
+    }
     Ok(())
 }
 
@@ -250,5 +266,40 @@ mod tests {
             "the last good config stays in force"
         );
         assert_eq!(held.versions[L7_TYPE]["ns/web.ns.svc.cluster.local"], "v");
+    }
+
+    #[test]
+    fn telemetry_is_held_until_removed_and_a_bad_one_is_refused() {
+        let mut held = Held::default();
+        let t = spar_xds::l7::Telemetry {
+            access_log_client: true,
+            ..Default::default()
+        };
+        let mut resp = DeltaDiscoveryResponse {
+            type_url: TELEMETRY_TYPE.into(),
+            resources: vec![Resource {
+                version: "v".into(),
+                name: spar_xds::TELEMETRY_NAME.into(),
+                resource: Some(spar_xds::to_any(TELEMETRY_TYPE, &t)),
+                aliases: vec![],
+            }],
+            ..Default::default()
+        };
+        apply(&mut held, &resp).expect("ACK");
+        assert_eq!(held.telemetry.as_ref(), Some(&t));
+        // Bytes that do not decode: NACK, and the last good settings stay.
+        resp.resources[0].resource = Some(prost_types::Any {
+            type_url: TELEMETRY_TYPE.into(),
+            value: vec![0xff, 0xff],
+        });
+        apply(&mut held, &resp).expect_err("NACK");
+        assert_eq!(held.telemetry.as_ref(), Some(&t));
+        let removed = DeltaDiscoveryResponse {
+            type_url: TELEMETRY_TYPE.into(),
+            removed_resources: vec![spar_xds::TELEMETRY_NAME.into()],
+            ..Default::default()
+        };
+        apply(&mut held, &removed).expect("ACK");
+        assert_eq!(held.telemetry, None, "removed: back to no access logs");
     }
 }

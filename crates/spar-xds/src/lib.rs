@@ -30,6 +30,10 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 
 /// Type URL of Spar's per-service L7 routing (sidecars and waypoints).
 pub const L7_TYPE: &str = "type.googleapis.com/spar.l7.v1.ServiceRoutes";
+/// Type URL of a sidecar's telemetry settings (access logging), one resource per proxy.
+pub const TELEMETRY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Telemetry";
+/// The name of a proxy's one telemetry resource.
+pub const TELEMETRY_NAME: &str = "telemetry";
 
 /// Pack a message as `google.protobuf.Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, m: &M) -> prost_types::Any {

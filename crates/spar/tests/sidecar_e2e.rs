@@ -685,4 +685,45 @@ fn telemetry(state: &Path) {
         ),
         "no destination-side request metric: {metrics}"
     );
+    access_logging(state);
+}
+
+fn sidecar_log(state: &Path, pod: &str) -> String {
+    std::fs::read_to_string(state.join("logs").join(format!("sidecar-{NS}-{pod}.log")))
+        .unwrap_or_default()
+}
+
+/// Access logs follow Istio's Telemetry API: none by default, on for the namespace, and a
+/// selector turns the client side off for one workload.
+fn access_logging(state: &Path) {
+    let logged = |tag: &str| {
+        let s = client(state, &format!("http://ratings:9080/?tag={tag}"), &[]);
+        assert_eq!(count(&s, "by_status", "200"), 1, "{s}");
+        let line = format!("\"GET /?tag={tag} HTTP/1.1\" 200");
+        let server = ["ratings-v1-0", "ratings-v1-1"]
+            .iter()
+            .any(|p| sidecar_log(state, p).contains(&line));
+        (sidecar_log(state, "client-0").contains(&line), server)
+    };
+    assert_eq!(
+        logged("before"),
+        (false, false),
+        "no Telemetry: no access log"
+    );
+    apply(
+        state,
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: logs, namespace: mesh}\n\
+         spec: {accessLogging: [{providers: [{name: envoy}]}]}\n",
+    );
+    assert_eq!(logged("on"), (true, true), "namespace-wide access logs");
+    apply(
+        state,
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: quiet-client, namespace: mesh}\n\
+         spec: {selector: {matchLabels: {app: client}}, accessLogging: [{match: {mode: CLIENT}, disabled: true}]}\n",
+    );
+    assert_eq!(
+        logged("client-off"),
+        (false, true),
+        "the client's own Telemetry wins"
+    );
 }

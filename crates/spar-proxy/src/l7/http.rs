@@ -305,13 +305,16 @@ fn finish(
         .as_deref()
         .map(state::identity)
         .unwrap_or_else(|| "-".into());
+    let access_log = st.telemetry.access_log_client;
     drop(st);
     let engine = ds.engine.clone();
     counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.duration_ms = ms as u64;
         engine.metrics.record(&labels, ms, log.bytes_received, sent);
-        log.emit(engine.log_format);
+        if access_log {
+            log.emit(engine.log_format);
+        }
     })
 }
 

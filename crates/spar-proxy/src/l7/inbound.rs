@@ -266,11 +266,14 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     let Some(engine) = ib.node.engine.clone() else {
         return resp;
     };
+    let access_log = st.telemetry.access_log_server;
     super::http::counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.bytes_received = received;
         log.duration_ms = ms as u64;
         engine.metrics.record(&labels, ms, received, sent);
-        log.emit(engine.log_format);
+        if access_log {
+            log.emit(engine.log_format);
+        }
     })
 }
