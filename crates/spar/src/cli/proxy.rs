@@ -40,7 +40,7 @@ pub struct SidecarArgs {
     /// Runtime worker threads. One by default, as Linkerd does: a sidecar serves one pod, and
     /// a single worker spares the cross-thread wake-ups (the bench measured about a quarter
     /// less CPU per request than with two).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "SPAR_SIDECAR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     #[command(flatten)]
     common: CommonArgs,
@@ -52,7 +52,7 @@ pub struct NodeArgs {
     #[arg(long)]
     node: String,
     /// Runtime worker threads: a node proxy serves every pod of its node (ztunnel runs two).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "SPAR_NODE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     #[command(flatten)]
     common: CommonArgs,
