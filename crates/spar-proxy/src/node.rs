@@ -528,6 +528,10 @@ async fn hbone_inbound(node: Arc<Node>, pod: Arc<Pod>, s: TcpStream, peer: Socke
         return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"ALPN h2 required\"");
     }
     let peer_id = crate::tls::peer_identity(tls.get_ref().1.peer_certificates());
+    let mut tls = tls;
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(crate::hbone::TLS_SEND_LIMIT));
     let mut conn = match crate::hbone::server_builder().handshake(tls).await {
         Ok(c) => c,
         Err(e) => return tracing::debug!(error = %e, "HBONE HTTP/2 handshake failed"),
