@@ -21,9 +21,7 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
     }
     let registry = Arc::new(registry);
     loop {
-        let Ok((s, _)) = listener.accept().await else {
-            continue;
-        };
+        let (s, _) = crate::accept::next(&listener).await;
         let (node, registry) = (node.clone(), registry.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

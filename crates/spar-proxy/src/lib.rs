@@ -2,6 +2,7 @@
 //! one concern per module: xDS state, certificates, mTLS, in-pod sockets and redirection,
 //! HBONE, L4 authorization and telemetry.
 
+pub mod accept;
 pub mod admin;
 pub mod authz;
 pub mod certs;

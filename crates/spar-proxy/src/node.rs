@@ -249,9 +249,7 @@ fn spawn_accept(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Ok((s, peer)) = l.accept().await else {
-                continue;
-            };
+            let (s, peer) = crate::accept::next(&l).await;
             // Without this, a response written as several small writes (an h2 HEADERS frame,
             // then DATA, each its own TLS record) waits behind Nagle for the peer's delayed
             // ACK: 40 ms stalls at the tail. Every socket the proxy dials sets it too.
