@@ -40,7 +40,7 @@ pub fn down(state_dir: &Path) -> Result<String, Error> {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     net::destroy();
-    let _ = std::fs::remove_file(paths.state());
+    paths.clear_box_state()?;
     let left = net::box_namespaces().len();
     let _ = writeln!(said, "removed {} network namespaces", made - left.min(made));
     if left > 0 {

@@ -57,6 +57,29 @@ impl Paths {
     pub fn daemon_log(&self) -> PathBuf {
         self.root.join("up.log")
     }
+    pub fn proxies(&self) -> PathBuf {
+        self.root.join("proxies")
+    }
+    pub fn tokens(&self) -> PathBuf {
+        self.root.join("tokens")
+    }
+
+    /// Remove what a box leaves in its state directory that a later box must not inherit: the
+    /// control plane's state (applied resources, CA and token keys), the tokens minted for its
+    /// proxies and pods, and the proxies' endpoint files. Logs stay for reading after `down`;
+    /// the next `spar up` starts new ones.
+    pub fn clear_box_state(&self) -> std::io::Result<()> {
+        for dir in [self.control(), self.proxies(), self.tokens()] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        match std::fs::remove_file(self.state()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl BoxState {

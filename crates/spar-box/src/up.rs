@@ -61,10 +61,12 @@ pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
 pub fn run(opts: UpOptions) -> Result<(), Error> {
     let (resources, plan) = preflight(&opts)?;
     let paths = Paths::new(&opts.state_dir);
-    std::fs::create_dir_all(paths.logs())?;
-    // Leftovers of a crashed run would clash with the new namespaces.
+    // Leftovers of a crashed run would clash with the new namespaces, and a box starts from its
+    // own files only: nothing an earlier box applied, minted or logged carries over.
     net::destroy();
-    let _ = std::fs::remove_dir_all(paths.root.join("proxies"));
+    paths.clear_box_state()?;
+    let _ = std::fs::remove_dir_all(paths.logs());
+    std::fs::create_dir_all(paths.logs())?;
     let namespaces: BTreeMap<String, spar_model::Labels> = resources
         .iter()
         .filter(|r| r.kind == Kind::Namespace)
@@ -81,7 +83,9 @@ pub fn run(opts: UpOptions) -> Result<(), Error> {
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_mesh(&opts, &paths, &resources, &mut state));
     net::destroy();
-    let _ = std::fs::remove_file(paths.state());
+    if let Err(e) = paths.clear_box_state() {
+        tracing::warn!(error = %e, "cannot remove the box's state");
+    }
     result
 }
 

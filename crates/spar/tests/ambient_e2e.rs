@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Down, exec, is_root, repo, spar, state_json, summary, text};
+use common::{Down, exec, repo, require_root, spar, state_json, summary, text};
 
 const MARK: &str = "SPARMARK7731";
 
@@ -130,11 +130,9 @@ const BOOKINFO: &str = "bookinfo";
 const CLIENT: &str = "deploy/client";
 
 #[test]
+#[ignore = "needs root and network namespaces: run as root with --include-ignored (.ci/run does)"]
 fn ambient_mode() {
-    if !is_root() {
-        eprintln!("ambient_mode needs root (network namespaces); CI runs it as root");
-        return;
-    }
+    require_root("ambient_mode");
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path();
     let _guard = Down(state.to_path_buf());

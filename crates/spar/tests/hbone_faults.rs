@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Down, is_root, repo, spar, state_json, text};
+use common::{Down, repo, require_root, spar, state_json, text};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -137,11 +137,9 @@ fn in_pod<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run as root with --include-ignored (.ci/run does)"]
 fn hbone_rejects_bad_peers() {
-    if !is_root() {
-        eprintln!("hbone_rejects_bad_peers needs root (network namespaces); CI runs it as root");
-        return;
-    }
+    require_root("hbone_rejects_bad_peers");
     spar_identity::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path();

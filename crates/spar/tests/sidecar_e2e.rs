@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Down, exec, is_root, repo, spar, state_json, summary, text};
+use common::{Down, exec, repo, require_root, spar, state_json, summary, text};
 
 const NS: &str = "mesh";
 const CLIENT: &str = "deploy/client";
@@ -110,11 +110,9 @@ fn banner_pod(state: &Path, addr: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run as root with --include-ignored (.ci/run does)"]
 fn sidecar_mode() {
-    if !is_root() {
-        eprintln!("sidecar_mode needs root (network namespaces); CI runs it as root");
-        return;
-    }
+    require_root("sidecar_mode");
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path();
     let _guard = Down(state.to_path_buf());

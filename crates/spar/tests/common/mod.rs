@@ -59,6 +59,15 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel)
 }
 
+/// Root-only tests are `#[ignore]`d, so a plain `cargo test` lists them as skipped; run with
+/// `--include-ignored` they must really run, so a non-root run fails here, loudly.
+pub fn require_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (network namespaces, nftables); run it as root, as .ci/run does"
+    );
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
