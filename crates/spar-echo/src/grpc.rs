@@ -85,10 +85,15 @@ pub async fn bind_grpc(
         .await
         .map_err(|source| Error::Listen { port, source })?;
     let addr = listener.local_addr()?;
+    Ok((addr, serve_grpc(listener, info)))
+}
+
+/// Serve gRPC (h2c) on a bound listener forever.
+pub fn serve_grpc(listener: tokio::net::TcpListener, info: PodInfo) -> tokio::task::JoinHandle<()> {
     let svc = EchoServer::new(Service {
         info: Arc::new(info),
     });
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(svc)
@@ -97,8 +102,7 @@ pub async fn bind_grpc(
         {
             tracing::warn!(error = %e, "gRPC server stopped");
         }
-    });
-    Ok((addr, task))
+    })
 }
 
 /// What a client run saw: (reply messages with the answering pod, errors).

@@ -45,8 +45,13 @@ pub async fn bind_http(
         .or(TcpListener::bind(("0.0.0.0", port)).await)
         .map_err(|source| Error::Listen { port, source })?;
     let addr = listener.local_addr()?;
+    Ok((addr, serve_http(listener, info)))
+}
+
+/// Serve HTTP on a bound listener forever (tests bind where they want).
+pub fn serve_http(listener: TcpListener, info: PodInfo) -> tokio::task::JoinHandle<()> {
     let info = Arc::new(info);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
@@ -64,8 +69,7 @@ pub async fn bind_http(
                     .await;
             });
         }
-    });
-    Ok((addr, task))
+    })
 }
 
 async fn handle(

@@ -22,20 +22,22 @@ async fn listen(port: u16) -> Result<TcpListener, Error> {
 pub async fn bind_tcp_echo(port: u16) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let l = listen(port).await?;
     let addr = l.local_addr()?;
-    Ok((
-        addr,
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (r, mut w) = s.split();
-                    // A wide buffer, so that the echo itself is not the bottleneck of the
-                    // bulk benchmark's floor (tokio's default copy moves 8 KiB at a time).
-                    let mut r = tokio::io::BufReader::with_capacity(256 * 1024, r);
-                    let _ = tokio::io::copy_buf(&mut r, &mut w).await;
-                });
-            }
-        }),
-    ))
+    Ok((addr, serve_tcp_echo(l)))
+}
+
+/// Echo on a bound listener forever.
+pub fn serve_tcp_echo(l: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.split();
+                // A wide buffer, so that the echo itself is not the bottleneck of the
+                // bulk benchmark's floor (tokio's default copy moves 8 KiB at a time).
+                let mut r = tokio::io::BufReader::with_capacity(256 * 1024, r);
+                let _ = tokio::io::copy_buf(&mut r, &mut w).await;
+            });
+        }
+    })
 }
 
 /// Send a banner first, then answer each line with `echo: LINE` until the client closes.

@@ -11,15 +11,16 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 
-use crate::node::Node;
+use crate::proxy::Proxy;
+use crate::role::Role;
 
-pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
+/// Serve the admin endpoints of `role` on `listener`, forever.
+pub async fn serve<R: Role>(listener: tokio::net::TcpListener, role: Arc<R>) {
     let mut registry = Registry::default();
-    node.metrics.register(&mut registry);
-    if let Some(e) = &node.engine {
-        e.metrics.register(&mut registry);
-    }
+    role.proxy().metrics.register(&mut registry);
+    role.register_metrics(&mut registry);
     let registry = Arc::new(registry);
+    let node = role.proxy().clone();
     loop {
         let (s, _) = crate::accept::next(&listener).await;
         let (node, registry) = (node.clone(), registry.clone());
@@ -37,7 +38,7 @@ pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>) {
 
 fn handle(
     req: Request<hyper::body::Incoming>,
-    node: &Node,
+    node: &Proxy,
     registry: &Registry,
 ) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
@@ -49,7 +50,7 @@ fn handle(
             }
         }
         "/healthz/ready" => {
-            if *node.generation.borrow() > 0 {
+            if node.ready() {
                 (StatusCode::OK, "ready\n".into())
             } else {
                 (
@@ -69,8 +70,8 @@ fn handle(
     r
 }
 
-fn config_dump(node: &Node) -> String {
-    let state = node.state.load_full();
+fn config_dump(node: &Proxy) -> String {
+    let state = node.snapshot.load_full();
     let certs: Vec<serde_json::Value> = node
         .certs
         .dump()
@@ -87,10 +88,10 @@ fn config_dump(node: &Node) -> String {
         "generation": *node.generation.borrow(),
         "enrolled": *node.enrolled.lock().unwrap_or_else(|e| e.into_inner()),
         "certificates": certs,
-        "workloads": state.workloads.values().map(|w| w.as_ref()).collect::<Vec<_>>(),
-        "services": state.services.values().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        "workloads": state.workloads.values().map(|w| &w.workload).collect::<Vec<_>>(),
+        "services": state.services.values().filter_map(|s| s.service.as_deref()).collect::<Vec<_>>(),
         "policies": state.policies,
-        "l7": state.l7.iter().map(|(k, s)| (k.clone(), serde_json::json!({
+        "l7": state.services.values().filter_map(|s| Some((s.key.to_string(), s.l7.as_ref()?))).map(|(k, s)| (k, serde_json::json!({
             "virtual_service": s.virtual_service,
             "destination_rule": s.destination_rule,
             "http_routes": s.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 
-use crate::state::{self, State};
+use crate::snapshot::{self, Snapshot};
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
@@ -58,25 +58,19 @@ pub fn parse_question(msg: &[u8]) -> Option<Question> {
 }
 
 /// The addresses the mesh has for `name`, or None when the name is not the mesh's.
-pub fn lookup(state: &State, name: &str) -> Option<Vec<IpAddr>> {
-    let svc = state
-        .services
-        .values()
-        .find(|s| s.hostname.eq_ignore_ascii_case(name))?;
+pub fn lookup(snap: &Snapshot, name: &str) -> Option<Vec<IpAddr>> {
+    let info = snap
+        .service_by_host(&name.to_ascii_lowercase())
+        .filter(|s| s.service.is_some())?;
+    let svc = info.service.as_ref()?;
     let mut ips: Vec<IpAddr> = svc
         .addresses
         .iter()
-        .filter_map(|a| state::ip(&a.address))
+        .filter_map(|a| snapshot::ip(&a.address))
         .collect();
     if ips.is_empty() {
-        // Headless or address-less: the endpoints themselves.
-        let key = format!("{}/{}", svc.namespace, svc.hostname);
-        ips = state
-            .workloads
-            .values()
-            .filter(|w| w.services.contains_key(&key))
-            .filter_map(|w| w.addresses.first().and_then(|a| state::ip(a)))
-            .collect();
+        // Headless or address-less: the (healthy) endpoints themselves.
+        ips = info.endpoints.iter().map(|e| e.ip).collect();
     }
     Some(ips)
 }
@@ -131,7 +125,11 @@ pub fn upstreams() -> Vec<SocketAddr> {
 }
 
 /// Serve one pod's DNS socket forever.
-pub async fn serve(sock: UdpSocket, state: Arc<ArcSwap<State>>, upstreams: Arc<Vec<SocketAddr>>) {
+pub async fn serve(
+    sock: UdpSocket,
+    state: Arc<ArcSwap<Snapshot>>,
+    upstreams: Arc<Vec<SocketAddr>>,
+) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 1500];
     loop {

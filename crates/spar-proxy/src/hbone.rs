@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use crate::Error;
 use crate::certs::CertManager;
 use crate::h2stream::H2Stream;
-use crate::inpod::{OUTBOUND_MARK, PodNet};
+use crate::net::{OUTBOUND_MARK, PodNet};
 
 /// Streams per pooled connection before another is opened (ztunnel allows 100).
 const STREAMS_PER_CONN: usize = 100;
@@ -112,7 +112,7 @@ impl Pool {
         roots: &Arc<RootCertStore>,
         c: Connect<'_>,
     ) -> Result<(H2Stream, Arc<()>), Error> {
-        let up = |reason: String| Error::Upstream {
+        let up = |reason: String| Error::Connect {
             addr: c.addr.to_string(),
             reason,
         };
@@ -174,7 +174,7 @@ async fn dial(
     roots: &Arc<RootCertStore>,
     c: &Connect<'_>,
 ) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), Error> {
-    let up = |reason: String| Error::Upstream {
+    let up = |reason: String| Error::Connect {
         addr: c.addr.to_string(),
         reason,
     };

@@ -1,6 +1,15 @@
-//! Spar's data plane. The node role (ambient) lives in `node`; the pieces it is built from are
-//! one concern per module: xDS state, certificates, mTLS, in-pod sockets and redirection,
-//! HBONE, L4 authorization and telemetry.
+//! Spar's data plane: one engine in several roles. `ARCHITECTURE.md` at the repository root
+//! maps the path of a connection through each role. From the bottom up:
+//!
+//! - `snapshot`: the proxy's immutable view of the mesh (from `xds_client`), swapped
+//!   atomically; `certs`, `tls`, `control`: identities and mTLS;
+//! - `net`: the socket seam (network namespaces with nftables capture, or loopback for
+//!   in-process tests); `proxy`: what every role shares, and pod enrolment;
+//! - `l4`: connection paths (pure planners, outbound, inbound, relay); `hbone`, `h2stream`:
+//!   the mesh transport; `authz`: L4 policy; `dns`;
+//! - `l7`: the HTTP engine (plan, then do);
+//! - `role`: node and sidecar, each wiring listeners to paths;
+//! - `admin`, `metrics`: what operators see.
 
 pub mod accept;
 pub mod admin;
@@ -11,12 +20,13 @@ pub mod dns;
 pub mod error;
 pub mod h2stream;
 pub mod hbone;
-pub mod inpod;
+pub mod l4;
 pub mod l7;
 pub mod metrics;
-pub mod node;
-pub mod sidecar;
-pub mod state;
+pub mod net;
+pub mod proxy;
+pub mod role;
+pub mod snapshot;
 pub mod tls;
 pub mod xds_client;
 

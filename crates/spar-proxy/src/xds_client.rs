@@ -19,7 +19,7 @@ use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_TYPE};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::ControlPlane;
-use crate::state::State;
+use crate::snapshot::Snapshot;
 
 #[derive(Default)]
 struct Held {
@@ -37,7 +37,7 @@ pub async fn run(
     control: ControlPlane,
     node_id: String,
     l7: bool,
-    state: Arc<ArcSwap<State>>,
+    state: Arc<ArcSwap<Snapshot>>,
     changed: watch::Sender<u64>,
 ) {
     let mut held = Held::default();
@@ -70,7 +70,7 @@ async fn session(
     node_id: &str,
     l7: bool,
     held: &mut Held,
-    state: &ArcSwap<State>,
+    state: &ArcSwap<Snapshot>,
     changed: &watch::Sender<u64>,
     generation: &mut u64,
 ) -> Result<(), String> {
@@ -120,13 +120,13 @@ async fn session(
         let ack = match apply(held, &resp) {
             Ok(()) => {
                 *generation += 1;
-                let mut next = State::build(
+                let next = Snapshot::build(
                     held.workloads.clone(),
                     held.services.clone(),
                     held.policies.clone(),
                     held.l7.clone(),
+                    held.telemetry.clone().unwrap_or_default(),
                 );
-                next.telemetry = held.telemetry.clone().unwrap_or_default();
                 state.store(Arc::new(next));
                 let _ = changed.send(*generation);
                 DeltaDiscoveryRequest {
@@ -183,7 +183,7 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
             L7_TYPE => {
                 let sr = ServiceRoutes::decode(body.value.as_slice())
                     .map_err(|e| format!("{}: {e}", r.name))?;
-                let compiled = crate::l7::config::compile(&sr)?;
+                let compiled = crate::l7::config::compile(&sr).map_err(|e| e.to_string())?;
                 l7.push((r.name.clone(), Arc::new(compiled)));
             }
             TELEMETRY_TYPE => {

@@ -1,9 +1,13 @@
 //! The sidecar's inbound L7 path: on a port the pod's Service declares HTTP, HTTP/2 or gRPC,
 //! requests arriving over HBONE (or plaintext) are parsed, forwarded to the application on
-//! one connection per downstream connection, and reported with `reporter="destination"`.
-//! The caller's verified identity reaches the application in `x-forwarded-client-cert`.
+//! one connection per downstream connection, and reported with `reporter="destination"`:
+//!
+//! ```text
+//! 1. head       hop-by-hop stripped; x-forwarded-client-cert from the verified identity
+//! 2. app        the request on this downstream connection's application connection
+//! 3. telemetry  metrics and the access log line when the response body is done
+//! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,17 +17,20 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use spar_xds::workload::{AppProtocol, Workload};
+use spar_xds::workload::AppProtocol;
 use tokio::sync::Mutex;
 
-use super::http::{full_body, strip_hop_by_hop};
-use super::telemetry::{AccessLog, HttpLabels};
-use super::upstream::{Body, BoxError};
-use crate::node::{Node, Pod, connect_app};
-use crate::state;
+use super::Engine;
+use super::body::{Body, BoxError, counted, full_body};
+use super::headers::strip_hop_by_hop;
+use super::telemetry::{AccessLog, HttpLabels, Peers, is_grpc};
+use crate::l4::inbound::{InboundIo, connect_app};
+use crate::l4::plan::Admitted;
+use crate::proxy::{Pod, Proxy};
+use crate::snapshot::{ServiceKey, WorkloadInfo};
 
-/// The service port of this pod that `port` (a target port) belongs to, if it is HTTP.
-pub fn declared_http(w: &Workload, port: u16) -> Option<(String, AppProtocol)> {
+/// The service of this pod that `port` (a target port) belongs to, if it is HTTP.
+pub fn declared_http(w: &WorkloadInfo, port: u16) -> Option<(ServiceKey, AppProtocol)> {
     w.services.iter().find_map(|(key, ports)| {
         ports.ports.iter().find_map(|p| {
             let target = if p.target_port == 0 {
@@ -33,7 +40,7 @@ pub fn declared_http(w: &Workload, port: u16) -> Option<(String, AppProtocol)> {
             };
             let proto = AppProtocol::try_from(p.app_protocol).ok()?;
             (target == u32::from(port) && proto != AppProtocol::Unknown)
-                .then(|| (key.clone(), proto))
+                .then(|| (ServiceKey::parse(key), proto))
         })
     })
 }
@@ -46,45 +53,37 @@ enum AppConn {
 
 /// One downstream connection to the pod's application.
 pub struct Inbound {
-    pub node: Arc<Node>,
+    pub proxy: Arc<Proxy>,
     pub pod: Arc<Pod>,
-    pub peer: SocketAddr,
-    pub peer_id: Option<String>,
-    pub target: SocketAddr,
-    /// `namespace/hostname` of the service the port belongs to.
-    pub service: String,
-    pub mtls: bool,
+    pub engine: Arc<Engine>,
+    pub conn: Admitted,
+    /// The service the port belongs to.
+    pub service: ServiceKey,
     app: Mutex<AppConn>,
 }
 
 impl Inbound {
     pub fn new(
-        node: Arc<Node>,
+        proxy: Arc<Proxy>,
         pod: Arc<Pod>,
-        peer: SocketAddr,
-        peer_id: Option<String>,
-        target: SocketAddr,
-        service: String,
-        mtls: bool,
+        engine: Arc<Engine>,
+        conn: Admitted,
+        service: ServiceKey,
     ) -> Inbound {
         Inbound {
-            node,
+            proxy,
             pod,
-            peer,
-            peer_id,
-            target,
+            engine,
+            conn,
             service,
-            mtls,
             app: Mutex::new(AppConn::None),
         }
     }
 }
 
 /// Serve HTTP on `io` until the downstream closes it.
-pub async fn serve<I>(ib: Arc<Inbound>, io: I)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+pub async fn serve(ib: Arc<Inbound>, io: InboundIo) {
+    let io = TokioIo::new(io);
     let svc = hyper::service::service_fn(move |req| {
         let ib = ib.clone();
         async move { Ok::<_, std::convert::Infallible>(request(ib, req).await) }
@@ -103,7 +102,7 @@ async fn send(ib: &Inbound, req: Request<Body>) -> Result<Response<Incoming>, St
         AppConn::H2(s) => s.is_closed(),
     };
     if closed {
-        let tcp = connect_app(&ib.pod, ib.target, ib.peer.ip())
+        let tcp = connect_app(&ib.pod, ib.conn.target, ib.conn.peer.ip())
             .await
             .map_err(|e| format!("connect to the application: {e}"))?;
         *app = if req.version() == Version::HTTP_2 {
@@ -139,47 +138,28 @@ async fn send(ib: &Inbound, req: Request<Body>) -> Result<Response<Incoming>, St
 
 async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    let conn = &ib.conn;
     let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut log = AccessLog {
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into()),
-        protocol: format!("{:?}", req.version()),
-        authority: req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default(),
-        downstream_remote_address: ib.peer.to_string(),
-        downstream_local_address: ib.target.to_string(),
-        source_principal: ib.peer_id.clone().unwrap_or_else(|| "-".into()),
-        destination_principal: ib.pod.identity.clone(),
-        upstream_host: ib.target.to_string(),
-        upstream_cluster: format!("inbound|{}|{}", ib.target.port(), ib.service),
-        request_id: req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string(),
-        attempts: 1,
-        ..Default::default()
-    };
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+    let mut log = AccessLog::of(
+        &req,
+        conn.peer,
+        conn.target,
+        conn.peer_identity.as_deref().unwrap_or("-"),
+    );
+    if !req.headers().contains_key("x-request-id") {
+        log.request_id = "-".into();
+    }
+    log.destination_principal = ib.pod.identity.clone();
+    log.upstream_host = conn.target.to_string();
+    log.upstream_cluster = format!("inbound|{}|{}", conn.target.port(), ib.service);
+    log.attempts = 1;
+    let grpc = is_grpc(req.headers());
+    // 1. The head.
     strip_hop_by_hop(req.headers_mut(), upgrade);
     // The caller as this proxy verified it; never what the caller claimed.
     req.headers_mut().remove("x-forwarded-client-cert");
-    if let Some(id) = &ib.peer_id
+    if let Some(id) = &conn.peer_identity
         && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", ib.pod.identity))
     {
         req.headers_mut().insert("x-forwarded-client-cert", v);
@@ -197,11 +177,9 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         parts.uri = pq.as_str().parse().unwrap_or_default();
     }
     let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    // 2. The application.
     let (mut resp, flags) = match send(&ib, req).await {
-        Ok(r) => {
-            let r = r.map(|b| b.map_err(BoxError::from).boxed());
-            (r, "-")
-        }
+        Ok(r) => (r.map(|b| b.map_err(BoxError::from).boxed()), "-"),
         Err(e) => {
             let mut r = Response::new(full_body(format!(
                 "upstream connect error or disconnect/reset before headers: {e}\n"
@@ -223,51 +201,22 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
-    // Telemetry when the response body is done.
-    let st = ib.node.state.load_full();
-    let src = st.by_ip.get(&ib.peer.ip()).cloned();
-    let dst = &ib.pod.workload;
-    let f = |w: Option<&Workload>, g: fn(&Workload) -> String| {
-        w.map(g).unwrap_or_else(|| "unknown".into())
+    // 3. Telemetry when the response body is done.
+    let snap = ib.proxy.snapshot.load_full();
+    let peers = Peers {
+        src: conn.source.as_deref(),
+        src_principal: Some(conn.peer_identity.as_deref().unwrap_or("unknown")),
+        dst: Some(&ib.pod.workload),
+        service: &ib.service,
+        security: if conn.mtls { "mutual_tls" } else { "none" },
     };
-    let (svc_ns, svc_host) = ib
-        .service
-        .split_once('/')
-        .unwrap_or(("unknown", ib.service.as_str()));
-    let labels = HttpLabels {
-        reporter: "destination".into(),
-        source_workload: f(src.as_deref(), |w| w.workload_name.clone()),
-        source_workload_namespace: f(src.as_deref(), |w| w.namespace.clone()),
-        source_principal: ib.peer_id.clone().unwrap_or_else(|| "unknown".into()),
-        source_app: f(src.as_deref(), |w| w.canonical_name.clone()),
-        source_version: f(src.as_deref(), |w| w.canonical_revision.clone()),
-        destination_workload: dst.workload_name.clone(),
-        destination_workload_namespace: dst.namespace.clone(),
-        destination_principal: state::identity(dst),
-        destination_app: dst.canonical_name.clone(),
-        destination_version: dst.canonical_revision.clone(),
-        destination_service: svc_host.to_string(),
-        destination_service_name: svc_host.split('.').next().unwrap_or(svc_host).to_string(),
-        destination_service_namespace: svc_ns.to_string(),
-        request_protocol: if grpc { "grpc" } else { "http" }.into(),
-        response_code: resp.status().as_u16().to_string(),
-        grpc_response_status: resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        response_flags: flags.into(),
-        connection_security_policy: if ib.mtls { "mutual_tls" } else { "none" }.into(),
-    };
+    let labels = HttpLabels::new("destination", &peers, &resp, grpc, flags);
     log.response_code = resp.status().as_u16();
     log.response_flags = flags.into();
     log.upstream_service_time_ms = Some(started.elapsed().as_millis() as u64);
-    let Some(engine) = ib.node.engine.clone() else {
-        return resp;
-    };
-    let access_log = st.telemetry.access_log_server;
-    super::http::counted(resp, started, move |ms, sent| {
+    let access_log = snap.telemetry.access_log_server;
+    let engine = ib.engine.clone();
+    counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.bytes_received = received;
         log.duration_ms = ms as u64;

@@ -2,11 +2,18 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`) and
 //! one access log line per request, as text or JSON.
 
+use std::time::Duration;
+
+use http::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::body::Body;
+use crate::l4::plan::Upstream;
+use crate::snapshot::{ServiceKey, WorkloadInfo};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -29,6 +36,99 @@ pub struct HttpLabels {
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+}
+
+/// What the pipeline learnt about one request, for its metrics and access log line.
+#[derive(Debug)]
+pub struct Report {
+    /// Envoy's response flag (`-` when none).
+    pub flags: &'static str,
+    pub upstream: Option<Upstream>,
+    /// The service the request went to (after routing), when it got that far.
+    pub cluster: Option<ServiceKey>,
+    pub attempts: u32,
+    pub upstream_time: Option<Duration>,
+    pub route: String,
+    pub bytes_received: u64,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            flags: "-",
+            upstream: None,
+            cluster: None,
+            attempts: 0,
+            upstream_time: None,
+            route: String::new(),
+            bytes_received: 0,
+        }
+    }
+}
+
+/// Who talked to whom, for the labels.
+pub struct Peers<'a> {
+    pub src: Option<&'a WorkloadInfo>,
+    /// The caller's identity as verified (destination side) or as held (source side).
+    pub src_principal: Option<&'a str>,
+    pub dst: Option<&'a WorkloadInfo>,
+    pub service: &'a ServiceKey,
+    /// `mutual_tls`, or `none`/`unknown` (Istio's values for the two sides).
+    pub security: &'a str,
+}
+
+impl HttpLabels {
+    pub fn new(
+        reporter: &str,
+        p: &Peers<'_>,
+        resp: &Response<Body>,
+        grpc: bool,
+        flags: &str,
+    ) -> HttpLabels {
+        let f = |w: Option<&WorkloadInfo>, g: fn(&WorkloadInfo) -> &str| {
+            w.map(g).unwrap_or("unknown").to_string()
+        };
+        HttpLabels {
+            reporter: reporter.into(),
+            source_workload: f(p.src, |w| &w.workload_name),
+            source_workload_namespace: f(p.src, |w| &w.namespace),
+            source_principal: p
+                .src_principal
+                .or(p.src.map(|w| w.identity.as_str()))
+                .unwrap_or("unknown")
+                .to_string(),
+            source_app: f(p.src, |w| &w.canonical_name),
+            source_version: f(p.src, |w| &w.canonical_revision),
+            destination_workload: f(p.dst, |w| &w.workload_name),
+            destination_workload_namespace: f(p.dst, |w| &w.namespace),
+            destination_principal: f(p.dst, |w| &w.identity),
+            destination_app: f(p.dst, |w| &w.canonical_name),
+            destination_version: f(p.dst, |w| &w.canonical_revision),
+            destination_service: p.service.hostname().to_string(),
+            destination_service_name: p.service.short_name().to_string(),
+            destination_service_namespace: match p.service.namespace() {
+                "" => "unknown".to_string(),
+                ns => ns.to_string(),
+            },
+            request_protocol: if grpc { "grpc" } else { "http" }.into(),
+            response_code: resp.status().as_u16().to_string(),
+            grpc_response_status: resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            response_flags: flags.into(),
+            connection_security_policy: p.security.into(),
+        }
+    }
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 type Hist = Family<HttpLabels, Histogram, fn() -> Histogram>;
@@ -130,6 +230,37 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// The line's request part, from the request head; the request id is the client's
+    /// `x-request-id` or a new one.
+    pub fn of<B>(
+        req: &http::Request<B>,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        source_principal: &str,
+    ) -> AccessLog {
+        AccessLog {
+            start_time: super::outbound::now(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into()),
+            protocol: format!("{:?}", req.version()),
+            authority: super::facts::authority(req).to_string(),
+            downstream_remote_address: peer.to_string(),
+            downstream_local_address: local.to_string(),
+            source_principal: source_principal.to_string(),
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>())),
+            ..Default::default()
+        }
+    }
+
     pub fn emit(&self, f: LogFormat) {
         match f {
             LogFormat::Json => {

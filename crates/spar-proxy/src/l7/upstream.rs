@@ -1,141 +1,216 @@
-//! Upstream connections for the L7 engine: a hyper client per cluster whose connector dials
-//! the endpoint over HBONE (mesh workloads: sidecars and ambient pods) or plain TCP (outside
-//! the mesh), from inside the pod with the proxy's mark so capture lets it pass.
+//! Upstream HTTP connections of one cluster, pooled per endpoint. A request arrives with its
+//! upstream already planned (HBONE with the expected identity, or plain TCP); the pool only
+//! reuses a connection to exactly that upstream or dials one as planned, never deciding
+//! again. HTTP/1.1 connections carry one exchange at a time; HTTP/2 ones multiplex.
+//! `maxRequestsPerConnection` retires a connection after that many requests.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Uri;
-use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use spar_xds::workload::TunnelProtocol;
-use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::hbone::Connect;
-use crate::inpod::OUTBOUND_MARK;
-use crate::node::{Node, Pod};
-use crate::state;
+use super::body::Body;
+use crate::Error;
+use crate::l4::outbound::connect;
+use crate::l4::plan::Upstream;
+use crate::proxy::{Pod, Proxy};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<MeshConnector, Body>;
+/// Idle connections are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connection to one endpoint.
-pub enum UpIo {
-    Tcp(TokioIo<TcpStream>),
-    /// An HBONE stream; the guard counts it against its pooled HTTP/2 connection.
-    Tunnel(TokioIo<crate::h2stream::H2Stream>, Arc<()>),
+/// Who dials, from where, and how long a dial may take.
+pub struct Dialer<'a> {
+    pub proxy: &'a Proxy,
+    pub pod: &'a Pod,
+    /// The client's address (HBONE `forwarded`).
+    pub src: SocketAddr,
+    pub connect_timeout: Duration,
 }
 
-impl hyper::rt::Read for UpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpIo::Tunnel(s, _) => Pin::new(s).poll_read(cx, buf),
+enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
         }
     }
 }
 
-impl hyper::rt::Write for UpIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            UpIo::Tunnel(s, _) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpIo::Tunnel(s, _) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpIo::Tunnel(s, _) => Pin::new(s).poll_shutdown(cx),
-        }
+struct Conn {
+    sender: Sender,
+    served: usize,
+    last_used: Instant,
+}
+
+/// A connection's key: the address and, for HBONE, the identity it was verified as.
+type Key = (SocketAddr, Option<String>);
+
+fn key(up: &Upstream) -> Key {
+    match up {
+        Upstream::Hbone {
+            target, identity, ..
+        } => (*target, Some(identity.clone())),
+        Upstream::Direct { addr, .. } => (*addr, None),
     }
 }
 
-impl Connection for UpIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
+pub struct ConnPool {
+    h2: bool,
+    max_requests: Option<usize>,
+    conns: Mutex<HashMap<Key, Vec<Conn>>>,
 }
 
-/// Dials `ip:port` URIs: HBONE when the address is a mesh workload, plain otherwise.
-#[derive(Clone)]
-pub struct MeshConnector {
-    pub node: Arc<Node>,
-    pub pod: Arc<Pod>,
-    pub timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for MeshConnector {
-    type Response = UpIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+impl ConnPool {
+    pub fn new(h2: bool, max_requests_per_connection: Option<usize>) -> ConnPool {
+        ConnPool {
+            h2,
+            max_requests: max_requests_per_connection,
+            conns: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (node, pod, timeout) = (self.node.clone(), self.pod.clone(), self.timeout);
-        Box::pin(async move {
-            let target: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| BoxError::from(format!("upstream {uri} is not ip:port")))?;
-            match tokio::time::timeout(timeout, dial(&node, &pod, target)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("connect to {target} timed out after {timeout:?}").into()),
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Conn>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send `req` to `up`: on a pooled connection when one is free, else on a new one.
+    pub async fn send(
+        &self,
+        d: &Dialer<'_>,
+        up: &Upstream,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, Error> {
+        let k = key(up);
+        while let Some(conn) = self.checkout(&k) {
+            match self.try_send(&k, conn, req).await {
+                Sent::Done(r) => return r,
+                // The connection was gone before the request left: try the next one.
+                Sent::Unsent(back) => req = back,
             }
+        }
+        let conn = self.dial(d, up).await?;
+        match self.try_send(&k, conn, req).await {
+            Sent::Done(r) => r,
+            Sent::Unsent(_) => Err(Error::Reset("the new connection closed at once".into())),
+        }
+    }
+
+    /// A pooled connection that can take a request now (HTTP/1.1: taken out while busy).
+    fn checkout(&self, k: &Key) -> Option<Conn> {
+        let mut all = self.lock();
+        let list = all.get_mut(k)?;
+        let now = Instant::now();
+        let stale = |c: &Conn| now.duration_since(c.last_used) > IDLE_TIMEOUT && idle(&c.sender);
+        list.retain(|c| !(c.sender.is_closed() || stale(c)));
+        let i = list.iter().position(|c| match &c.sender {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(_) => true,
+        })?;
+        let c = list.swap_remove(i);
+        Some(c)
+    }
+
+    fn checkin(&self, k: &Key, mut c: Conn) {
+        c.served += 1;
+        c.last_used = Instant::now();
+        if self.max_requests.is_some_and(|m| c.served >= m) {
+            // Retired: it finishes what it carries and closes when its last sender goes.
+            return;
+        }
+        self.lock().entry(k.clone()).or_default().push(c);
+    }
+
+    async fn try_send(&self, k: &Key, mut c: Conn, req: Request<Body>) -> Sent {
+        let unsent =
+            |mut e: hyper::client::conn::TrySendError<Request<Body>>| match e.take_message() {
+                Some(req) => Sent::Unsent(req),
+                None => Sent::Done(Err(Error::Reset(
+                    "the upstream closed the connection".into(),
+                ))),
+            };
+        match &mut c.sender {
+            Sender::H1(s) => {
+                if s.ready().await.is_err() {
+                    return Sent::Unsent(req);
+                }
+                let fut = s.try_send_request(req);
+                // Busy until this exchange ends; the pool sees it as not ready meanwhile.
+                self.checkin(k, c);
+                match fut.await {
+                    Ok(r) => Sent::Done(Ok(r)),
+                    Err(e) => unsent(e),
+                }
+            }
+            Sender::H2(s) => {
+                let mut s2 = s.clone();
+                self.checkin(k, c);
+                if s2.ready().await.is_err() {
+                    return Sent::Unsent(req);
+                }
+                match s2.try_send_request(req).await {
+                    Ok(r) => Sent::Done(Ok(r)),
+                    Err(e) => unsent(e),
+                }
+            }
+        }
+    }
+
+    async fn dial(&self, d: &Dialer<'_>, up: &Upstream) -> Result<Conn, Error> {
+        let timeout = d.connect_timeout;
+        let dial = async {
+            let io = TokioIo::new(connect(d.proxy, d.pod, up, d.src).await?);
+            let handshake_failed = |e: hyper::Error| Error::Connect {
+                addr: up.target().to_string(),
+                reason: format!("HTTP handshake: {e}"),
+            };
+            Ok::<_, Error>(if self.h2 {
+                let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(handshake_failed)?;
+                tokio::spawn(conn);
+                Sender::H2(s)
+            } else {
+                let (s, conn) = http1::handshake(io).await.map_err(handshake_failed)?;
+                tokio::spawn(conn.with_upgrades());
+                Sender::H1(s)
+            })
+        };
+        let sender = tokio::time::timeout(timeout, dial)
+            .await
+            .map_err(|_| Error::Connect {
+                addr: up.target().to_string(),
+                reason: format!("connect timed out after {timeout:?}"),
+            })??;
+        Ok(Conn {
+            sender,
+            served: 0,
+            last_used: Instant::now(),
         })
     }
 }
 
-async fn dial(node: &Node, pod: &Pod, target: SocketAddr) -> Result<UpIo, BoxError> {
-    let st = node.state.load_full();
-    match st.by_ip.get(&target.ip()) {
-        Some(w) if w.tunnel_protocol == TunnelProtocol::Hbone as i32 => {
-            let identity = state::identity(w);
-            let c = Connect {
-                net: &pod.net,
-                src_identity: &pod.identity,
-                dst_identity: &identity,
-                addr: SocketAddr::new(target.ip(), state::HBONE_PORT),
-                target,
-                src_addr: SocketAddr::new(pod.ip, 0),
-            };
-            let (io, guard) = node.pool.connect(&node.certs, &node.roots, c).await?;
-            Ok(UpIo::Tunnel(TokioIo::new(io), guard))
-        }
-        _ => Ok(UpIo::Tcp(TokioIo::new(
-            pod.net.connect(target, OUTBOUND_MARK, None).await?,
-        ))),
+/// Whether a connection carries nothing now.
+fn idle(s: &Sender) -> bool {
+    match s {
+        Sender::H1(s) => s.is_ready(),
+        // An HTTP/2 connection may carry streams of clones; it is retired by its peer's
+        // GOAWAY or by `maxRequestsPerConnection`, never for idleness of one clone.
+        Sender::H2(_) => false,
     }
 }
 
-pub fn client(connector: MeshConnector, h2: bool) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .http2_only(h2)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .set_host(false)
-        .build(connector)
+enum Sent {
+    Done(Result<Response<Incoming>, Error>),
+    Unsent(Request<Body>),
 }

@@ -3,13 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use spar_proxy::control::ControlPlane;
+use spar_proxy::l7::Engine;
 use spar_proxy::l7::telemetry::LogFormat;
-use spar_proxy::node::{self, NodeOptions, Role};
+use spar_proxy::net::{Capture, Network};
+use spar_proxy::proxy::{Proxy, ProxyOptions};
+use spar_proxy::role::{NodeRole, Role, SidecarRole};
 
 #[derive(Subcommand)]
 pub enum ProxyCommand {
@@ -92,15 +96,28 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     spar_model::duration::parse_duration(s)
 }
 
+/// What `spar proxy` was asked to run.
+enum Which {
+    Node,
+    Sidecar {
+        namespace: String,
+        pod: String,
+        capture: Capture,
+        log_format: LogFormat,
+    },
+}
+
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
-    let (role, name, workers, a) = match cmd {
-        ProxyCommand::Node(n) => (Role::Node, n.node, n.workers, n.common),
+    let (which, name, workers, a) = match cmd {
+        ProxyCommand::Node(n) => (Which::Node, n.node, n.workers, n.common),
         ProxyCommand::Sidecar(s) => (
-            Role::Sidecar {
+            Which::Sidecar {
                 namespace: s.namespace.clone(),
-                name: s.pod.clone(),
-                exclude_inbound: s.exclude_inbound_ports,
-                exclude_outbound: s.exclude_outbound_ports,
+                pod: s.pod.clone(),
+                capture: Capture {
+                    exclude_inbound: s.exclude_inbound_ports,
+                    exclude_outbound: s.exclude_outbound_ports,
+                },
                 log_format: if s.access_log_format == "json" {
                     LogFormat::Json
                 } else {
@@ -115,13 +132,8 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
     spar_identity::install_crypto_provider();
     let root_pem = std::fs::read_to_string(&a.root_cert)
         .with_context(|| format!("cannot read the root certificate {}", a.root_cert.display()))?;
-    let what = match role {
-        Role::Node => "node",
-        Role::Sidecar { .. } => "sidecar",
-    };
-    let opts = NodeOptions {
-        role,
-        node: name.clone(),
+    let opts = ProxyOptions {
+        name: name.clone(),
         control: ControlPlane {
             addr: a.xds.clone(),
             server_name: a.xds_name.clone(),
@@ -130,7 +142,9 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         },
         trust_domain: a.trust_domain.clone(),
         cert_ttl: a.cert_ttl,
-        netns_template: a.netns_template.clone(),
+        network: Network::Netns {
+            template: a.netns_template.clone(),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(workers))
@@ -138,26 +152,53 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let (node_state, gen_tx) = node::Node::new(&opts)?;
-        let listener = spar_proxy::admin::bind(a.admin)
-            .await
-            .with_context(|| format!("cannot listen on {}", a.admin))?;
-        let bound = listener.local_addr()?;
-        if let Some(f) = &a.endpoints_file {
-            std::fs::write(
-                f,
-                serde_json::json!({ "admin": bound.to_string() }).to_string(),
-            )
-            .with_context(|| format!("cannot write {}", f.display()))?;
+        let proxy = Proxy::new(opts)?;
+        match which {
+            Which::Node => serve(Arc::new(NodeRole { proxy }), "node", &name, &a).await,
+            Which::Sidecar {
+                namespace,
+                pod,
+                capture,
+                log_format,
+            } => {
+                let role = SidecarRole {
+                    proxy,
+                    engine: Arc::new(Engine::new(log_format)),
+                    namespace,
+                    pod,
+                    capture,
+                };
+                serve(Arc::new(role), "sidecar", &name, &a).await
+            }
         }
-        eprintln!("spar proxy {what} {name}: metrics, readiness and config dump on http://{bound}");
-        tokio::spawn(spar_proxy::admin::serve(listener, node_state.clone()));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = node::run(opts, node_state, gen_tx) => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
     })
+}
+
+/// The admin endpoints, then the role until a signal stops it.
+async fn serve<R: Role>(
+    role: Arc<R>,
+    what: &str,
+    name: &str,
+    a: &CommonArgs,
+) -> anyhow::Result<()> {
+    let listener = spar_proxy::admin::bind(a.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.admin))?;
+    let bound = listener.local_addr()?;
+    if let Some(f) = &a.endpoints_file {
+        std::fs::write(
+            f,
+            serde_json::json!({ "admin": bound.to_string() }).to_string(),
+        )
+        .with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    eprintln!("spar proxy {what} {name}: metrics, readiness and config dump on http://{bound}");
+    tokio::spawn(spar_proxy::admin::serve(listener, role.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = spar_proxy::proxy::run(role) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

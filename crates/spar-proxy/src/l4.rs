@@ -1,0 +1,12 @@
+//! The L4 paths every role uses: `plan` decides (pure, table-tested), `outbound` and
+//! `inbound` do the I/O, `relay` copies bytes and accounts them.
+//!
+//! outbound: 15001 -> original dst -> plan_outbound -> HBONE tunnel | plain TCP -> relay
+//! inbound:  15008 -> mTLS -> CONNECT -> plan_inbound (authority, principal, policy)
+//!           -> the role's delivery (app over L4, or the L7 inbound path) -> relay
+//!           15006 -> original dst -> plan_inbound (no identity) -> delivery -> relay
+
+pub mod inbound;
+pub mod outbound;
+pub mod plan;
+pub mod relay;

@@ -1,0 +1,238 @@
+//! Where a connection goes and whether it may: pure decisions over the snapshot. Outbound:
+//! a VIP becomes its endpoints in random order (connection-level balancing), a pod address
+//! that workload, anything else passthrough; a VirtualService `tcp` route picks a destination
+//! by weight. Inbound: the CONNECT authority must be this pod, the peer's SPIFFE identity
+//! becomes a principal and namespace, and L4 policy decides.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use crate::authz::{self, Conn, Decision};
+use crate::snapshot::{HBONE_PORT, ServiceInfo, ServiceKey, Snapshot, WorkloadInfo};
+
+/// Where one attempt goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    /// mTLS HTTP/2 CONNECT to `addr` (the workload's 15008) for `target`.
+    Hbone {
+        addr: SocketAddr,
+        target: SocketAddr,
+        identity: String,
+        workload: Arc<WorkloadInfo>,
+    },
+    /// Plain TCP (a destination outside the mesh, or unknown).
+    Direct {
+        addr: SocketAddr,
+        workload: Option<Arc<WorkloadInfo>>,
+    },
+}
+
+impl Upstream {
+    /// How to reach `w` at `target`.
+    pub fn to(w: &Arc<WorkloadInfo>, target: SocketAddr) -> Upstream {
+        if w.hbone {
+            Upstream::Hbone {
+                addr: SocketAddr::new(target.ip(), HBONE_PORT),
+                target,
+                identity: w.identity.clone(),
+                workload: w.clone(),
+            }
+        } else {
+            Upstream::Direct {
+                addr: target,
+                workload: Some(w.clone()),
+            }
+        }
+    }
+
+    /// The address the application behind it is reached on.
+    pub fn target(&self) -> SocketAddr {
+        match self {
+            Upstream::Hbone { target, .. } => *target,
+            Upstream::Direct { addr, .. } => *addr,
+        }
+    }
+
+    pub fn workload(&self) -> Option<&Arc<WorkloadInfo>> {
+        match self {
+            Upstream::Hbone { workload, .. } => Some(workload),
+            Upstream::Direct { workload, .. } => workload.as_ref(),
+        }
+    }
+
+    pub fn mtls(&self) -> bool {
+        matches!(self, Upstream::Hbone { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundPlan {
+    /// Endpoints to try in order.
+    pub candidates: Vec<Upstream>,
+    /// The service, when the destination was a service VIP.
+    pub service: Option<ServiceKey>,
+}
+
+/// Decide where a captured outbound connection to `dst` goes.
+pub fn plan_outbound(snap: &Snapshot, dst: SocketAddr, rng: &mut impl Rng) -> OutboundPlan {
+    if let Some(svc) = snap.by_vip.get(&dst.ip()) {
+        return to_service(svc, dst.port(), None, rng);
+    }
+    let candidates = match snap.by_ip.get(&dst.ip()) {
+        Some(w) => vec![Upstream::to(w, dst)],
+        None => vec![Upstream::Direct {
+            addr: dst,
+            workload: None,
+        }],
+    };
+    OutboundPlan {
+        candidates,
+        service: None,
+    }
+}
+
+/// Every endpoint of `svc` serving `port` (of `members` only, when a subset is named), in
+/// random order.
+fn to_service(
+    svc: &ServiceInfo,
+    port: u16,
+    members: Option<&std::collections::HashSet<String>>,
+    rng: &mut impl Rng,
+) -> OutboundPlan {
+    let mut candidates: Vec<Upstream> = svc
+        .endpoints_for(port, members)
+        .map(|(addr, e)| Upstream::to(&e.workload, addr))
+        .collect();
+    candidates.shuffle(rng);
+    OutboundPlan {
+        candidates,
+        service: Some(svc.key.clone()),
+    }
+}
+
+/// A TCP connection to a service with L7 config: the first `tcp` route for the port picks a
+/// destination by weight; without one, the service itself.
+pub fn tcp_plan(
+    snap: &Snapshot,
+    svc: &ServiceInfo,
+    dst: SocketAddr,
+    rng: &mut impl Rng,
+) -> OutboundPlan {
+    let route = svc.l7.as_ref().and_then(|l7| {
+        l7.tcp
+            .iter()
+            .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
+    });
+    let Some(route) = route else {
+        return plan_outbound(snap, dst, rng);
+    };
+    let Some(t) = crate::l7::route::pick_weighted(&route.targets, |n| rng.random_range(0..n))
+    else {
+        return plan_outbound(snap, dst, rng);
+    };
+    let Some(target) = snap.service_by_host(&t.target.host) else {
+        return OutboundPlan {
+            candidates: Vec::new(),
+            service: Some(svc.key.clone()),
+        };
+    };
+    let members = t.target.subset.as_ref().map(|s| {
+        target
+            .l7
+            .as_ref()
+            .and_then(|l7| l7.subsets.get(s))
+            .map(|s| s.members.clone())
+            .unwrap_or_default()
+    });
+    to_service(
+        target,
+        t.target.port.unwrap_or(dst.port()),
+        members.as_ref(),
+        rng,
+    )
+}
+
+/// An inbound connection as it arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival<'a> {
+    pub peer: SocketAddr,
+    /// The peer's verified SPIFFE identity (HBONE); None for plaintext.
+    pub peer_identity: Option<&'a str>,
+    /// Where it is going: the CONNECT authority (HBONE) or the original destination.
+    pub target: &'a str,
+}
+
+/// An inbound connection allowed in.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub target: SocketAddr,
+    pub peer: SocketAddr,
+    pub peer_identity: Option<String>,
+    /// The caller as a workload of the mesh, when its address is one.
+    pub source: Option<Arc<WorkloadInfo>>,
+    pub mtls: bool,
+}
+
+/// Why an inbound connection is refused, with the HBONE status that says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub status: u16,
+    pub reason: String,
+}
+
+/// `spiffe://td/ns/NS/sa/SA` -> (`td/ns/NS/sa/SA`, `NS`): AuthorizationPolicy's principal
+/// form and the namespace. Anything else yields no namespace, so namespace rules fail closed.
+pub fn principal(identity: &str) -> (Option<String>, Option<String>) {
+    let Some(p) = identity.strip_prefix("spiffe://") else {
+        return (None, None);
+    };
+    let parts: Vec<&str> = p.split('/').collect();
+    let ns = match parts.as_slice() {
+        [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+            Some(ns.to_string())
+        }
+        _ => None,
+    };
+    (Some(p.to_string()), ns)
+}
+
+/// Decide an inbound connection to the pod `dst` (its current config).
+pub fn plan_inbound(
+    snap: &Snapshot,
+    dst: &WorkloadInfo,
+    a: &Arrival<'_>,
+) -> Result<Admitted, Refused> {
+    let refuse = |status: u16, reason: String| Refused { status, reason };
+    let target: SocketAddr = a
+        .target
+        .parse()
+        .map_err(|_| refuse(400, format!("authority {:?} is not ip:port", a.target)))?;
+    if Some(target.ip()) != dst.ip {
+        return Err(refuse(400, format!("authority {target} is not this pod")));
+    }
+    let (src_principal, src_namespace) = a.peer_identity.map(principal).unwrap_or_default();
+    let conn = Conn {
+        src_ip: a.peer.ip(),
+        src_principal,
+        src_namespace,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
+    let policies = authz::applicable(snap.policies.iter(), dst);
+    if let Decision::Deny(why) = authz::authorize(&policies, &conn) {
+        return Err(refuse(401, why));
+    }
+    Ok(Admitted {
+        target,
+        peer: a.peer,
+        peer_identity: a.peer_identity.map(str::to_string),
+        source: snap.by_ip.get(&a.peer.ip()).cloned(),
+        mtls: a.peer_identity.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Capture: the nftables table and policy routing that send a pod's traffic to its proxy,
+//! one table per pod, replaced atomically.
+
+use std::process::{Command, Stdio};
+
+use crate::Error;
+
+/// Mark on the proxy's own outbound sockets: the redirect rules let them pass.
+pub const OUTBOUND_MARK: u32 = 0x539;
+/// Mark on connections the proxy makes to the application with the client's source address;
+/// replies carry it back (connmark + policy routing) to the proxy instead of the network.
+pub const INBOUND_MARK: u32 = 0x111;
+const INBOUND_TABLE: &str = "111";
+
+/// What to capture: everything but these ports (sidecar annotations).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capture {
+    pub exclude_inbound: Vec<u16>,
+    pub exclude_outbound: Vec<u16>,
+}
+
+/// The capture rules for a pod (ambient or sidecar), one table replaced atomically. The
+/// redirect runs before the box's service DNAT (priority -110 < -100), so VIP traffic reaches
+/// the proxy. Excluded ports (sidecar annotations) bypass the proxy in their direction.
+pub fn rules(c: &Capture) -> String {
+    let set = |ports: &[u16]| {
+        if ports.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!("tcp dport {{ {} }} return\n    ", list.join(", "))
+        }
+    };
+    let (inb, outb) = (set(&c.exclude_inbound), set(&c.exclude_outbound));
+    format!(
+        "table ip spar_ambient {{
+  chain prerouting {{
+    type nat hook prerouting priority -110; policy accept;
+    iifname \"lo\" return
+    tcp dport 15008 return
+    {inb}meta l4proto tcp redirect to :15006
+  }}
+  chain output {{
+    type nat hook output priority -110; policy accept;
+    meta mark {{ {OUTBOUND_MARK:#x}, {INBOUND_MARK:#x} }} return
+    udp dport 53 redirect to :15053
+    oifname \"lo\" return
+    ip daddr 127.0.0.0/8 return
+    {outb}meta l4proto tcp redirect to :15001
+  }}
+  chain mark_replies {{
+    type route hook output priority -150; policy accept;
+    meta mark {INBOUND_MARK:#x} ct mark set {INBOUND_MARK:#x}
+    ct mark {INBOUND_MARK:#x} meta mark set {INBOUND_MARK:#x}
+  }}
+}}
+"
+    )
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut s)) = (stdin, child.stdin.take()) {
+        s.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Install capture: nftables table, policy routing for replies to transparent connections.
+pub fn install(netns: &str, c: &Capture) -> Result<(), Error> {
+    let rules = format!(
+        "add table ip spar_ambient\ndelete table ip spar_ambient\n{}",
+        rules(c)
+    );
+    run(
+        "ip",
+        &["netns", "exec", netns, "nft", "-f", "-"],
+        Some(&rules),
+    )?;
+    let mark = format!("{INBOUND_MARK:#x}");
+    let _ = run(
+        "ip",
+        &[
+            "-n",
+            netns,
+            "rule",
+            "del",
+            "fwmark",
+            &mark,
+            "lookup",
+            INBOUND_TABLE,
+        ],
+        None,
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            netns,
+            "rule",
+            "add",
+            "fwmark",
+            &mark,
+            "lookup",
+            INBOUND_TABLE,
+        ],
+        None,
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            netns,
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            INBOUND_TABLE,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Remove capture; the pod is back to plain networking.
+pub fn remove(netns: &str) -> Result<(), Error> {
+    let _ = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            "spar_ambient",
+        ],
+        None,
+    );
+    let _ = run(
+        "ip",
+        &[
+            "-n",
+            netns,
+            "rule",
+            "del",
+            "fwmark",
+            &format!("{INBOUND_MARK:#x}"),
+            "lookup",
+            INBOUND_TABLE,
+        ],
+        None,
+    );
+    let _ = run(
+        "ip",
+        &["-n", netns, "route", "flush", "table", INBOUND_TABLE],
+        None,
+    );
+    Ok(())
+}
