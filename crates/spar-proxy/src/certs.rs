@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use rustls::sign::CertifiedKey;
@@ -164,7 +164,7 @@ impl CertManager {
             .first()
             .ok_or_else(|| fail("empty certificate chain".into()))?;
         let (not_before, not_after, sans) =
-            crate::tls::leaf_facts(leaf).ok_or_else(|| fail("unreadable certificate".into()))?;
+            leaf_facts(leaf).ok_or_else(|| fail("unreadable certificate".into()))?;
         if !sans.iter().any(|s| s == identity) {
             return Err(fail(format!("the CA returned a certificate for {sans:?}")));
         }
@@ -178,4 +178,32 @@ impl CertManager {
             not_after,
         ))
     }
+}
+
+/// Validity and URI SANs of a certificate.
+pub fn leaf_facts(der: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime, Vec<String>)> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let t = |ts: i64| Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).ok()?));
+    let nb = t(cert.validity().not_before.timestamp())?;
+    let na = t(cert.validity().not_after.timestamp())?;
+    let sans = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| {
+                    if let GeneralName::URI(u) = n {
+                        Some(u.to_string())
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((nb, na, sans))
 }

@@ -14,6 +14,7 @@ pub mod body;
 pub mod breaker;
 pub mod config;
 pub mod detect;
+pub mod downstream;
 pub mod facts;
 pub mod headers;
 pub mod inbound;

@@ -2,6 +2,7 @@
 //! is captured, and which path serves each listener; the paths themselves live in `l4` and
 //! `l7`, and what every role shares in `proxy`.
 
+mod enrol;
 pub mod node;
 pub mod sidecar;
 
@@ -10,17 +11,17 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::l4::inbound::Arrived;
-use crate::l4::plan::Admitted;
+use crate::l4::inbound::Deliver;
 use crate::net::Capture;
-use crate::proxy::{Listeners, Pod, Proxy};
+use crate::proxy::{Listeners, Pod};
 use crate::snapshot::WorkloadInfo;
 
+pub use enrol::run;
 pub use node::NodeRole;
 pub use sidecar::SidecarRole;
 
-pub trait Role: Send + Sync + 'static {
-    fn proxy(&self) -> &Arc<Proxy>;
+/// A proxy role. Its `Deliver` half serves inbound connections policy admitted.
+pub trait Role: Deliver {
     /// The id this proxy gives the control plane.
     fn node_id(&self) -> String;
     /// Whether to subscribe to Spar's L7 types (routes, telemetry).
@@ -30,13 +31,6 @@ pub trait Role: Send + Sync + 'static {
     fn capture(&self) -> Capture;
     /// Serve an enrolled pod's listeners; the tasks are aborted when the pod leaves.
     fn start(self: Arc<Self>, pod: Arc<Pod>, l: Listeners) -> Vec<JoinHandle<()>>;
-    /// Serve an inbound connection `plan_inbound` admitted.
-    fn deliver(
-        self: Arc<Self>,
-        pod: Arc<Pod>,
-        conn: Admitted,
-        io: Arrived,
-    ) -> impl std::future::Future<Output = ()> + Send;
     /// Metrics beyond the TCP ones every role has.
     fn register_metrics(&self, _r: &mut Registry) {}
 }

@@ -3,7 +3,6 @@
 //! the exact identity it expects, the server that the client is in the trust domain).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,38 +14,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::Error;
-use crate::certs::Slot;
+use crate::certs::{Slot, leaf_facts};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// Validity and URI SANs of a certificate.
-pub fn leaf_facts(der: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime, Vec<String>)> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let t = |ts: i64| Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).ok()?));
-    let nb = t(cert.validity().not_before.timestamp())?;
-    let na = t(cert.validity().not_after.timestamp())?;
-    let sans = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| {
-                    if let GeneralName::URI(u) = n {
-                        Some(u.to_string())
-                    } else {
-                        None
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some((nb, na, sans))
 }
 
 pub fn roots(root_pem: &str) -> Result<Arc<RootCertStore>, Error> {

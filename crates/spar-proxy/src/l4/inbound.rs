@@ -25,7 +25,17 @@ use crate::h2stream::H2Stream;
 use crate::hbone;
 use crate::net::{INBOUND_MARK, OUTBOUND_MARK};
 use crate::proxy::{Pod, Proxy};
-use crate::role::Role;
+
+/// What a role does with an inbound connection `plan_inbound` admitted.
+pub trait Deliver: Send + Sync + 'static {
+    fn proxy(&self) -> &Arc<Proxy>;
+    fn deliver(
+        self: Arc<Self>,
+        pod: Arc<Pod>,
+        conn: Admitted,
+        io: Arrived,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
 
 /// An admitted connection before it is answered.
 pub enum Arrived {
@@ -59,7 +69,7 @@ impl Arrived {
 }
 
 /// Serve a captured plaintext connection.
-pub async fn plaintext<R: Role>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+pub async fn plaintext<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let Ok(dst) = pod.net.original_dst(&s) else {
         return reset(s);
     };
@@ -83,7 +93,7 @@ pub async fn plaintext<R: Role>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer:
 }
 
 /// Serve an HBONE connection: mTLS, HTTP/2, then each CONNECT stream on its own task.
-pub async fn hbone<R: Role>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+pub async fn hbone<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
     let proxy = role.proxy();
     let cfg = match crate::tls::server_config(
         proxy.certs.slot(&pod.identity),
@@ -125,7 +135,7 @@ pub async fn hbone<R: Role>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: Soc
 }
 
 /// One CONNECT stream.
-async fn stream<R: Role>(
+async fn stream<R: Deliver>(
     role: Arc<R>,
     pod: Arc<Pod>,
     peer: SocketAddr,

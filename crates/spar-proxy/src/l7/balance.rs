@@ -232,4 +232,23 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_jumps_up_and_decays_down() {
+        let e = EndpointStats::default();
+        e.observe(Duration::from_millis(100));
+        assert!(
+            (e.cost() - 100.0).abs() < 0.01,
+            "a slower sample takes over: {}",
+            e.cost()
+        );
+        // Ten seconds later (one decay time) a 1 ms sample pulls it about 63% of the way.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        e.observe(Duration::from_millis(1));
+        let c = e.cost();
+        assert!((30.0..45.0).contains(&c), "decayed toward 1 ms: {c}");
+        // Load counts: one request in flight doubles the expected cost.
+        e.inflight.store(1, Ordering::Relaxed);
+        assert!((e.cost() - 2.0 * c).abs() < 0.01);
+    }
 }

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 
 use super::balance;
 use super::body::Body;
-use super::outbound::Downstream;
+use super::downstream::Downstream;
 use super::plan::{ClusterPlan, Forward};
 use super::upstream::Dialer;
 use crate::l4::plan::Upstream;

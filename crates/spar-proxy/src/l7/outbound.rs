@@ -18,9 +18,8 @@
 //! Any error ends the request in `respond::error`; the report carries its flag.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Version};
@@ -30,25 +29,14 @@ use tokio::net::TcpStream;
 
 use super::attempt::{self, Exchange};
 use super::body::{Body, ReqBody, counted};
+pub use super::downstream::Downstream;
 use super::facts::RequestFacts;
 use super::headers::{apply_ops, strip_hop_by_hop, wants_upgrade};
 use super::plan::{Forward, RequestPlan, Step, plan_request};
 use super::telemetry::{AccessLog, HttpLabels, Peers, Report, is_grpc};
-use super::{Engine, mirror, respond};
+use super::{mirror, respond};
 use crate::Error;
-use crate::proxy::{Pod, Proxy};
-use crate::snapshot::{ServiceKey, Snapshot};
-
-/// One accepted downstream connection to a service.
-pub struct Downstream {
-    pub proxy: Arc<Proxy>,
-    pub pod: Arc<Pod>,
-    pub engine: Arc<Engine>,
-    /// The service the client called.
-    pub service: ServiceKey,
-    pub dst: SocketAddr,
-    pub peer: SocketAddr,
-}
+use crate::snapshot::Snapshot;
 
 /// Serve HTTP on a captured connection until the client closes it.
 pub async fn serve(ds: Arc<Downstream>, s: TcpStream) {
@@ -240,12 +228,4 @@ fn finish(
             log.emit(engine.log_format);
         }
     })
-}
-
-/// Seconds since the epoch with milliseconds, for the access log.
-pub fn now() -> String {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| format!("{:.3}", d.as_secs_f64()))
-        .unwrap_or_default()
 }

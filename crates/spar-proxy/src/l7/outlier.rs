@@ -117,4 +117,30 @@ mod tests {
         let now = Instant::now();
         assert_eq!(s.iter().filter(|e| e.ejected(now)).count(), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_ejection_lasts_longer() {
+        let s = eps(2);
+        let od = Outlier {
+            consecutive_5xx: Some(1),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+        };
+        for (round, lasts) in [(1u32, 30u64), (2, 60), (3, 90)] {
+            assert!(
+                record(Some(&od), &s[0], Outcome::Failed, &s),
+                "round {round}"
+            );
+            tokio::time::advance(Duration::from_secs(lasts - 1)).await;
+            assert!(s[0].ejected(Instant::now()), "round {round}: still out");
+            tokio::time::advance(Duration::from_secs(2)).await;
+            assert!(
+                !s[0].ejected(Instant::now()),
+                "round {round}: back after {lasts} s"
+            );
+        }
+        assert_eq!(s[0].ejection_count(), 3);
+    }
 }

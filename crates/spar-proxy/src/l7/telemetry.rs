@@ -239,7 +239,7 @@ impl AccessLog {
         source_principal: &str,
     ) -> AccessLog {
         AccessLog {
-            start_time: super::outbound::now(),
+            start_time: now(),
             method: req.method().to_string(),
             path: req
                 .uri()
@@ -277,4 +277,12 @@ impl AccessLog {
                 self.route_name, self.request_id, self.attempts),
         }
     }
+}
+
+/// Seconds since the epoch with milliseconds, for the access log.
+pub fn now() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| format!("{:.3}", d.as_secs_f64()))
+        .unwrap_or_default()
 }

@@ -12,6 +12,7 @@ use spar_xds::workload::TunnelProtocol;
 use tokio::task::JoinHandle;
 
 use super::Role;
+use crate::l4::inbound::Deliver;
 use crate::l4::inbound::{self, Arrived};
 use crate::l4::outbound;
 use crate::l4::plan::Admitted;
@@ -24,10 +25,6 @@ pub struct NodeRole {
 }
 
 impl Role for NodeRole {
-    fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
     fn node_id(&self) -> String {
         format!("spar-node~{0}~{0}", self.proxy.name)
     }
@@ -65,6 +62,12 @@ impl Role for NodeRole {
                 inbound::hbone(r2.clone(), hb_pod.clone(), s, peer)
             }),
         ]
+    }
+}
+
+impl Deliver for NodeRole {
+    fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
     }
 
     async fn deliver(self: Arc<Self>, pod: Arc<Pod>, conn: Admitted, io: Arrived) {

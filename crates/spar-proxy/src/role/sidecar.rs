@@ -16,13 +16,14 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::Role;
+use crate::l4::inbound::Deliver;
 use crate::l4::inbound::{self, Arrived};
 use crate::l4::outbound;
 use crate::l4::plan::{Admitted, tcp_plan};
 use crate::l4::relay::reset;
 use crate::l7::config::Protocol;
 use crate::l7::detect::{Detected, sniff};
-use crate::l7::outbound::Downstream;
+use crate::l7::downstream::Downstream;
 use crate::l7::{self, Engine};
 use crate::net::Capture;
 use crate::proxy::{Listeners, Pod, Proxy, accept_loop};
@@ -41,10 +42,6 @@ pub struct SidecarRole {
 }
 
 impl Role for SidecarRole {
-    fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
     fn node_id(&self) -> String {
         format!(
             "sidecar~~{}.{}~{}.svc",
@@ -82,29 +79,6 @@ impl Role for SidecarRole {
                 inbound::hbone(r2.clone(), p2.clone(), s, peer)
             }),
         ]
-    }
-
-    /// Ports the pod's Service declares HTTP get the L7 inbound path (destination metrics,
-    /// XFCC); everything else is L4.
-    async fn deliver(self: Arc<Self>, pod: Arc<Pod>, conn: Admitted, io: Arrived) {
-        let snap = self.proxy.snapshot.load_full();
-        let http = l7::inbound::declared_http(&pod.current(&snap), conn.target.port());
-        drop(snap);
-        match http {
-            Some((service, _)) => {
-                let ib = l7::inbound::Inbound::new(
-                    self.proxy.clone(),
-                    pod,
-                    self.engine.clone(),
-                    conn,
-                    service,
-                );
-                if let Some(io) = io.accept() {
-                    l7::inbound::serve(Arc::new(ib), io).await;
-                }
-            }
-            None => inbound::to_app(&self.proxy, &pod, conn, io).await,
-        }
     }
 
     fn register_metrics(&self, r: &mut Registry) {
@@ -153,5 +127,34 @@ impl SidecarRole {
         });
         drop(snap);
         l7::outbound::serve(ds, s).await
+    }
+}
+
+impl Deliver for SidecarRole {
+    fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Ports the pod's Service declares HTTP get the L7 inbound path (destination metrics,
+    /// XFCC); everything else is L4.
+    async fn deliver(self: Arc<Self>, pod: Arc<Pod>, conn: Admitted, io: Arrived) {
+        let snap = self.proxy.snapshot.load_full();
+        let http = l7::inbound::declared_http(&pod.current(&snap), conn.target.port());
+        drop(snap);
+        match http {
+            Some((service, _)) => {
+                let ib = l7::inbound::Inbound::new(
+                    self.proxy.clone(),
+                    pod,
+                    self.engine.clone(),
+                    conn,
+                    service,
+                );
+                if let Some(io) = io.accept() {
+                    l7::inbound::serve(Arc::new(ib), io).await;
+                }
+            }
+            None => inbound::to_app(&self.proxy, &pod, conn, io).await,
+        }
     }
 }

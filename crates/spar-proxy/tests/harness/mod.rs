@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use spar_identity::token::Subject;
 use spar_proxy::control::ControlPlane;
+use spar_proxy::l4::inbound::Deliver;
 use spar_proxy::l7::Engine;
 use spar_proxy::net::loopback::LoopbackNet;
 use spar_proxy::net::{Capture, Network};
@@ -46,7 +47,9 @@ struct ServiceSpec {
 }
 
 fn labels(l: &[(&str, &str)]) -> BTreeMap<String, String> {
-    l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    l.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Builds a mesh's config: namespaces, services with VIPs, pods with loopback addresses.
@@ -96,7 +99,12 @@ impl Builder {
         ports: &[(u16, &str)],
         selector: &[(&str, &str)],
     ) -> Builder {
-        let vip = IpAddr::V4(Ipv4Addr::new(10, 96, self.base[1], self.services.len() as u8 + 10));
+        let vip = IpAddr::V4(Ipv4Addr::new(
+            10,
+            96,
+            self.base[1],
+            self.services.len() as u8 + 10,
+        ));
         self.docs.push(serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns},
@@ -182,7 +190,9 @@ impl Builder {
         if let Some(t) = self.cert_ttl {
             opts.cert_ttl = t;
         }
-        let control = spar_control::start(opts).await.expect("control plane starts");
+        let control = spar_control::start(opts)
+            .await
+            .expect("control plane starts");
         Mesh {
             dir,
             control,
@@ -218,6 +228,23 @@ impl Drop for Mesh {
             t.abort();
         }
     }
+}
+
+/// A request as a scripted application saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub version: http::Version,
+    pub peer: SocketAddr,
+    pub body: usize,
+}
+
+pub type Recorder = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+pub fn seen(r: &Recorder) -> Vec<Seen> {
+    r.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// An answer as a client saw it.
@@ -296,6 +323,62 @@ impl Mesh {
         }
     }
 
+    /// Serve a scripted application on `pod`'s `port`: every request is recorded, then
+    /// answered `status` after `delay` with `{"pod": NAME}`.
+    pub async fn app(&mut self, pod: &str, port: u16, status: u16, delay: Duration) -> Recorder {
+        let p = self.pod(pod).clone();
+        let l = tokio::net::TcpListener::bind(SocketAddr::new(p.ip, 0))
+            .await
+            .expect("bind app");
+        self.net.serve(p.ip, port, l.local_addr().expect("addr"));
+        let seen: Recorder = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (rec, name) = (seen.clone(), p.name.clone());
+        self.tasks.push(tokio::spawn(async move {
+            while let Ok((s, peer)) = l.accept().await {
+                let (rec, name) = (rec.clone(), name.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (rec, name) = (rec.clone(), name.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().len())
+                                    .unwrap_or(0);
+                                rec.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+                                    method: parts.method.to_string(),
+                                    path: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    version: parts.version,
+                                    peer,
+                                    body,
+                                });
+                                tokio::time::sleep(delay).await;
+                                let mut r = http::Response::new(Full::new(Bytes::from(
+                                    serde_json::json!({"pod": name}).to_string(),
+                                )));
+                                *r.status_mut() =
+                                    http::StatusCode::from_u16(status).unwrap_or_default();
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+                });
+            }
+        }));
+        seen
+    }
+
     /// Serve the gRPC echo as the application of `pod` on `port`.
     pub async fn grpc_echo(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod).clone();
@@ -369,10 +452,16 @@ impl Mesh {
             capture: Capture::default(),
         });
         self.tasks
-            .push(tokio::spawn(spar_proxy::proxy::run(role.clone())));
+            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
         self.wait_enrolled(&proxy, &p).await;
         self.sidecars.insert(p.name.clone(), role.clone());
         role
+    }
+
+    pub async fn sidecars(&mut self, pods: &[&str]) {
+        for p in pods {
+            self.sidecar(p).await;
+        }
     }
 
     /// Start the node proxy of `node`; it enrols the ambient pods placed there.
@@ -386,7 +475,7 @@ impl Mesh {
             proxy: proxy.clone(),
         });
         self.tasks
-            .push(tokio::spawn(spar_proxy::proxy::run(role.clone())));
+            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
         eventually("the node proxy has config", Duration::from_secs(10), || {
             let proxy = proxy.clone();
             async move { proxy.ready() }
@@ -448,6 +537,18 @@ impl Mesh {
     /// Open a connection from `from`'s application to `host:port` (a service name in the
     /// pod's namespace, `name.ns`, or an IP), captured as the kernel would.
     pub async fn connect(&self, from: &str, host: &str, port: u16) -> tokio::net::TcpStream {
+        self.try_connect(from, host, port)
+            .await
+            .unwrap_or_else(|e| panic!("connect {from} -> {host}:{port}: {e}"))
+    }
+
+    /// As `connect`, for connections that may be refused.
+    pub async fn try_connect(
+        &self,
+        from: &str,
+        host: &str,
+        port: u16,
+    ) -> std::io::Result<tokio::net::TcpStream> {
         let p = self.pod(from);
         let ip: IpAddr = match host.parse() {
             Ok(ip) => ip,
@@ -456,21 +557,37 @@ impl Mesh {
                 self.vip(ns, name)
             }
         };
-        self.net
-            .app_connect(p.ip, SocketAddr::new(ip, port))
-            .await
-            .unwrap_or_else(|e| panic!("connect {from} -> {host}:{port}: {e}"))
+        self.net.app_connect(p.ip, SocketAddr::new(ip, port)).await
     }
 
     /// One HTTP/1.1 request from `from` on its own connection.
-    pub async fn send(&self, from: &str, host: &str, port: u16, req: Request<Full<Bytes>>) -> Reply {
+    pub async fn send(
+        &self,
+        from: &str,
+        host: &str,
+        port: u16,
+        req: Request<Full<Bytes>>,
+    ) -> Reply {
         let mut c = self.client(from, host, port).await;
         c.send(req).await
     }
 
     /// `GET path` from `from` to `host:port`, with extra headers.
-    pub async fn get(&self, from: &str, host: &str, port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
-        self.send(from, host, port, request(Method::GET, host, port, path, headers, "")).await
+    pub async fn get(
+        &self,
+        from: &str,
+        host: &str,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.send(
+            from,
+            host,
+            port,
+            request(Method::GET, host, port, path, headers, ""),
+        )
+        .await
     }
 
     /// A keep-alive HTTP/1.1 client from `from`'s application to `host:port`.
@@ -482,23 +599,31 @@ impl Mesh {
         let task = tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        Client { sender, _task: task }
+        Client {
+            sender,
+            _task: task,
+        }
     }
 
     /// An HTTP/2 (prior knowledge) client from `from`'s application to `host:port`.
     pub async fn h2_client(&self, from: &str, host: &str, port: u16) -> H2Client {
         let s = self.connect(from, host, port).await;
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(s))
-                .await
-                .expect("HTTP/2 handshake");
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(s),
+        )
+        .await
+        .expect("HTTP/2 handshake");
         tokio::spawn(conn);
         H2Client { sender }
     }
 
     /// Prometheus text of a sidecar's metrics.
     pub fn metrics(&self, pod: &str) -> String {
-        let role = self.sidecars.get(pod).unwrap_or_else(|| panic!("no sidecar {pod}"));
+        let role = self
+            .sidecars
+            .get(pod)
+            .unwrap_or_else(|| panic!("no sidecar {pod}"));
         let mut r = prometheus_client::registry::Registry::default();
         role.proxy().metrics.register(&mut r);
         role.register_metrics(&mut r);
@@ -524,7 +649,8 @@ pub fn request(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.body(Full::new(Bytes::from(body.to_string()))).expect("request")
+    b.body(Full::new(Bytes::from(body.to_string())))
+        .expect("request")
 }
 
 pub struct Client {
@@ -534,7 +660,11 @@ pub struct Client {
 
 async fn reply(resp: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -567,7 +697,11 @@ impl H2Client {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost")
             .to_string();
-        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or("/".into());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or("/".into());
         *req.uri_mut() = format!("http://{host}{pq}").parse().expect("uri");
         req.headers_mut().remove("host");
         *req.version_mut() = http::Version::HTTP_2;
@@ -600,3 +734,47 @@ pub async fn spread(
     }
     (pods, statuses)
 }
+
+/// The Bookinfo `reviews` service (v1, v2, v3 on port 9080, HTTP) and a `client`, all in
+/// namespace `mesh` with sidecars and echo applications, plus `extra` config.
+pub async fn reviews(extra: &str) -> Mesh {
+    let mut mesh = reviews_bare(extra).await;
+    for v in ["v1", "v2", "v3"] {
+        mesh.echo(&format!("reviews-{v}"), &[9080]).await;
+    }
+    mesh.sidecars(&["reviews-v1", "reviews-v2", "reviews-v3", "client"])
+        .await;
+    mesh
+}
+
+/// As `reviews`, but without applications or sidecars: the test starts its own.
+pub async fn reviews_bare(extra: &str) -> Mesh {
+    let mut b = Builder::new()
+        .namespace("mesh", &[("istio-injection", "enabled")])
+        .service("mesh", "reviews", &[(9080, "http")], &[("app", "reviews")])
+        .pod("mesh", "client", &[("app", "client"), ("sa", "client")]);
+    for v in ["v1", "v2", "v3"] {
+        b = b.pod(
+            "mesh",
+            &format!("reviews-{v}"),
+            &[("app", "reviews"), ("version", v), ("sa", "reviews")],
+        );
+    }
+    if !extra.is_empty() {
+        b = b.yaml(extra);
+    }
+    b.start().await
+}
+
+/// DestinationRule subsets v1, v2, v3 of `reviews` (Istio's destination-rule-all).
+pub const SUBSETS: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: mesh}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+";

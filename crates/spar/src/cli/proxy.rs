@@ -196,7 +196,7 @@ async fn serve<R: Role>(
     tokio::spawn(spar_proxy::admin::serve(listener, role.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = spar_proxy::proxy::run(role) => {}
+        _ = spar_proxy::role::run(role) => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
