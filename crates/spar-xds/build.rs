@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorization.proto",
         "proto/ca.proto",
         "proto/l7.proto",
+        "proto/ext_authz.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -63,8 +63,15 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         .iter()
         .map(|p| p.to_string())
         .collect();
+    let jwks: Vec<String> = s
+        .config
+        .jwks
+        .problems()
+        .into_iter()
+        .map(|(uri, why)| format!("jwksUri {uri}: {why} (the last good keys stay in force)"))
+        .collect();
     Json(
-        json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected }),
+        json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected, "jwks_errors": jwks }),
     )
 }
 

@@ -46,6 +46,13 @@ pub fn authorize_identity(
                 )));
             }
             let own = Identity::new(td, namespace, service_account);
+            // Only names that read back as exactly this identity are signed: a service
+            // account like `x/ns/victim/sa/admin` would otherwise pose as another's path.
+            if own.to_string().parse::<Identity>().ok().as_ref() != Some(&own) {
+                return Err(Status::invalid_argument(format!(
+                    "{namespace}/{service_account} is not a valid namespace and service account name; no certificate is issued"
+                )));
+            }
             match impersonate {
                 Some(want) if want != own.to_string() => Err(Status::permission_denied(format!(
                     "a workload token may only get its own identity {own}, not {want}"
@@ -162,5 +169,21 @@ status: {podIP: 10.0.2.5}
                 "{subject} asking for {imp:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_service_account_that_poses_as_a_path_gets_no_certificate() {
+        // Validation refuses such a pod; the CA refuses it again if one got into a registry.
+        let bad = "x/ns/victim/sa/admin";
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: default}}\nspec: {{serviceAccountName: '{bad}', nodeName: node-1}}\nstatus: {{podIP: 10.0.1.9}}\n"
+        );
+        let l = spar_model::load_str("t", &text);
+        assert!(l.has_errors(), "validation names the bad service account");
+        let doc = spar_model::yaml::parse_documents(&text).expect("yaml");
+        let r = spar_model::resource::decode(&doc[0].value).expect("decodes");
+        let reg = Registry::new(MeshSettings::default(), [r]);
+        let e = authorize_identity(&reg, &pod("default", "p", bad), None).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     }
 }

@@ -27,7 +27,8 @@ pub struct ConfigState {
     dir_resources: Mutex<Vec<Resource>>,
     dir_problems: Mutex<Vec<Problem>>,
     pub store: Store,
-    notify: Notify,
+    notify: Arc<Notify>,
+    pub jwks: Arc<crate::jwks::JwksCache>,
     generation: AtomicU64,
     tx: watch::Sender<Arc<Snapshot>>,
 }
@@ -39,13 +40,15 @@ impl ConfigState {
         dir_resources: Vec<Resource>,
         store: Store,
     ) -> Arc<Self> {
+        let notify = Arc::new(Notify::new());
         let state = ConfigState {
             mesh,
             dir,
             dir_resources: Mutex::new(dir_resources),
             dir_problems: Mutex::new(Vec::new()),
             store,
-            notify: Notify::new(),
+            jwks: crate::jwks::JwksCache::new(notify.clone()),
+            notify,
             generation: AtomicU64::new(0),
             tx: watch::channel(Arc::new(Snapshot::default())).0,
         };
@@ -82,8 +85,11 @@ impl ConfigState {
             merged.insert(r.key(), r);
         }
         let registry = Registry::new(self.mesh.clone(), merged.into_values());
+        self.jwks
+            .track(&crate::translate::security::jwks_uris(&registry));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.tx.send_replace(Snapshot::build(generation, registry));
+        self.tx
+            .send_replace(Snapshot::build(generation, registry, self.jwks.snapshot()));
         tracing::debug!(generation, "published snapshot");
     }
 

@@ -7,6 +7,7 @@ pub mod ca_server;
 pub mod config;
 pub mod delta;
 pub mod error;
+pub mod jwks;
 pub mod registry;
 pub mod server;
 pub mod snapshot;

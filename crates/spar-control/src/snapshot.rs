@@ -15,8 +15,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(generation: u64, registry: Registry) -> Arc<Snapshot> {
-        let translated = translate(&registry);
+    /// `jwks`: what the control plane fetched for each `jwksUri`.
+    pub fn build(
+        generation: u64,
+        registry: Registry,
+        jwks: std::collections::BTreeMap<String, String>,
+    ) -> Arc<Snapshot> {
+        let mut translated = translate(&registry);
+        translated.jwks = jwks;
         Arc::new(Snapshot {
             generation,
             registry,

@@ -15,6 +15,7 @@ use crate::registry::{DataplaneMode, Pod, Registry};
 
 mod authz;
 pub mod l7;
+pub mod security;
 pub mod telemetry;
 pub use authz::{authorization, effective_mtls, peer_authentication_policy};
 
@@ -36,6 +37,8 @@ pub struct ProxyConfig {
     pub l7: BTreeMap<String, spar_xds::l7::ServiceRoutes>,
     /// Sidecars only: access logging from Istio's Telemetry API.
     pub telemetry: Option<spar_xds::l7::Telemetry>,
+    /// Sidecars only: AuthorizationPolicy and RequestAuthentication, whole (L4 and L7).
+    pub policies: BTreeMap<String, spar_xds::l7::Policy>,
 }
 
 /// The full translated mesh; per-proxy configs are filtered views of it.
@@ -43,7 +46,12 @@ pub struct ProxyConfig {
 pub struct Translated {
     pub addresses: BTreeMap<String, xw::Address>,
     pub authorizations: BTreeMap<String, xsec::Authorization>,
+    /// Which of `authorizations` PeerAuthentication generated (the rest come from
+    /// AuthorizationPolicy, which sidecars get whole as `policies` instead).
+    pub peer_authn: BTreeSet<String>,
     pub l7: BTreeMap<String, l7::Host>,
+    /// `jwksUri` -> the JWKS last fetched from it.
+    pub jwks: BTreeMap<String, String>,
 }
 
 pub fn translate(reg: &Registry) -> Translated {
@@ -56,6 +64,7 @@ pub fn translate(reg: &Registry) -> Translated {
         }
     }
     let mut addresses = BTreeMap::new();
+    let mut peer_authn = BTreeSet::new();
     for pod in reg.pods() {
         if pod.ip.is_none() {
             continue;
@@ -64,6 +73,7 @@ pub fn translate(reg: &Registry) -> Translated {
         if let Some(pa) = peer_authentication_policy(reg, &pod) {
             let key = format!("{}/{}", pa.namespace, pa.name);
             w.authorization_policies.push(key.clone());
+            peer_authn.insert(key.clone());
             policies.insert(key, pa);
         }
         addresses.insert(
@@ -88,7 +98,9 @@ pub fn translate(reg: &Registry) -> Translated {
     Translated {
         addresses,
         authorizations: policies,
+        peer_authn,
         l7: l7::hosts(reg),
+        jwks: BTreeMap::new(),
     }
 }
 
@@ -106,9 +118,13 @@ pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> Proxy
         .filter_map(|p| workload_of(all, reg, p))
         .flat_map(|w| w.authorization_policies.iter())
         .collect();
+    let sidecar = matches!(view, ProxyView::Workload { .. });
     let authorizations = all
         .authorizations
         .iter()
+        // A sidecar enforces AuthorizationPolicy whole, per connection and per request, from
+        // `policies`; at L4 it keeps only what PeerAuthentication generated.
+        .filter(|(key, _)| !sidecar || all.peer_authn.contains(*key))
         .filter(|(key, a)| match xsec::Scope::try_from(a.scope) {
             Ok(xsec::Scope::Global) => true,
             Ok(xsec::Scope::Namespace) => served.iter().any(|p| p.namespace == a.namespace),
@@ -116,18 +132,20 @@ pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> Proxy
         })
         .map(|(k, a)| (k.clone(), a.clone()))
         .collect();
-    let (l7, telemetry) = match (view, served.first()) {
+    let (l7, telemetry, policies) = match (view, served.first()) {
         (ProxyView::Workload { .. }, Some(pod)) => (
             l7::for_pod(reg, &all.l7, pod),
             Some(telemetry::for_pod(reg, pod)),
+            security::for_pod(reg, &all.jwks, pod),
         ),
-        _ => (BTreeMap::new(), None),
+        _ => (BTreeMap::new(), None, BTreeMap::new()),
     };
     ProxyConfig {
         addresses: all.addresses.clone(),
         authorizations,
         l7,
         telemetry,
+        policies,
     }
 }
 
@@ -432,12 +450,25 @@ status: {podIP: 10.0.2.1}
         )
     }
 
+    /// Node proxies: the L4 policies; sidecars: the whole policies (plus no L4 ones but
+    /// PeerAuthentication's, checked apart).
     fn policy_names(reg: &Registry, view: ProxyView) -> Vec<String> {
         let all = translate(reg);
-        proxy_config(reg, &all, &view)
-            .authorizations
-            .into_keys()
-            .collect()
+        let cfg = proxy_config(reg, &all, &view);
+        match view {
+            ProxyView::Node(_) => cfg.authorizations.into_keys().collect(),
+            ProxyView::Workload { .. } => {
+                assert!(
+                    cfg.authorizations.is_empty(),
+                    "{:?}",
+                    cfg.authorizations.keys()
+                );
+                cfg.policies
+                    .into_keys()
+                    .map(|k| k.trim_start_matches("AuthorizationPolicy/").to_string())
+                    .collect()
+            }
+        }
     }
 
     fn ap(name: &str, ns: &str, spec: &str) -> String {
@@ -487,7 +518,9 @@ status: {podIP: 10.0.2.1}
                     namespace: "a".into(),
                     name: "a1".into(),
                 },
+                // AUDIT reaches the sidecar (it logs); the targetRef one is the waypoint's.
                 vec![
+                    "a/audit",
                     "a/ns-a",
                     "a/sel-a",
                     "istio-system/mesh",

@@ -14,7 +14,9 @@ use serde::Serialize;
 use spar_identity::{Subject, TokenIssuer};
 use spar_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_NAME, TELEMETRY_TYPE, to_any};
+use spar_xds::{
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, POLICY_TYPE, TELEMETRY_NAME, TELEMETRY_TYPE, to_any,
+};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -281,6 +283,11 @@ fn resources(cfg: &ProxyConfig, type_url: &str) -> Resources {
             .iter()
             .map(|t| (TELEMETRY_NAME.to_string(), entry(type_url, t)))
             .collect(),
+        POLICY_TYPE => cfg
+            .policies
+            .iter()
+            .map(|(n, p)| (n.clone(), entry(type_url, p)))
+            .collect(),
         // Unknown types get an empty answer, so clients asking for them still become ready.
         _ => Resources::new(),
     }
@@ -301,6 +308,7 @@ fn dump(
                 AUTHORIZATION_TYPE => cfg.authorizations.get(n).map(|a| json(a)),
                 L7_TYPE => cfg.l7.get(n).map(|a| json(a)),
                 TELEMETRY_TYPE => cfg.telemetry.as_ref().map(|t| json(t)),
+                POLICY_TYPE => cfg.policies.get(n).map(|p| json(p)),
                 _ => None,
             }?;
             Some((n.clone(), v))

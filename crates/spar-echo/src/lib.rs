@@ -4,6 +4,7 @@
 pub use http::Method;
 
 pub mod client;
+pub mod ext_authz;
 pub mod grpc;
 pub mod server;
 pub mod tcp;

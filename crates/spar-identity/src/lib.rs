@@ -6,11 +6,13 @@
 
 pub mod ca;
 pub mod error;
+pub mod jwt_issuer;
 pub mod spiffe;
 pub mod token;
 
 pub use ca::{CertificateAuthority, IssuedCert, make_csr, write_private_file};
 pub use error::Error;
+pub use jwt_issuer::JwtIssuer;
 pub use spiffe::Identity;
 pub use token::{Claims, Subject, TokenIssuer};
 

@@ -36,10 +36,13 @@ pub enum Kind {
     Job,
     Pod,
     Node,
+    /// Only Istio's mesh config (`istio-system/istio`, key `mesh`) is read; other ConfigMaps
+    /// are accepted as data.
+    ConfigMap,
 }
 
 impl Kind {
-    const ALL: [Kind; 21] = [
+    const ALL: [Kind; 22] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -61,6 +64,7 @@ impl Kind {
         Kind::Job,
         Kind::Pod,
         Kind::Node,
+        Kind::ConfigMap,
     ];
 
     /// The `kind:` string as written in YAML.
@@ -86,6 +90,7 @@ impl Kind {
             Kind::Job => "Job",
             Kind::Pod => "Pod",
             Kind::Node => "Node",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -107,7 +112,12 @@ impl Kind {
             }
             Kind::Deployment => "apps",
             Kind::Job => "batch",
-            Kind::Namespace | Kind::ServiceAccount | Kind::Service | Kind::Pod | Kind::Node => "",
+            Kind::Namespace
+            | Kind::ServiceAccount
+            | Kind::Service
+            | Kind::Pod
+            | Kind::Node
+            | Kind::ConfigMap => "",
         }
     }
 
@@ -192,6 +202,8 @@ pub enum Spec {
     Job(k8s::JobSpec),
     Pod(k8s::PodSpec, k8s::PodStatus),
     Node(k8s::NodeSpec, k8s::NodeStatus),
+    /// A ConfigMap's `data`.
+    ConfigMap(std::collections::BTreeMap<String, String>),
 }
 
 /// A resource: kind, metadata and typed spec.
@@ -273,6 +285,10 @@ impl Resource {
             Spec::Job(s) => (Some(to_json(s)), None),
             Spec::Pod(s, st) => (Some(to_json(s)), Some(to_json(st))),
             Spec::Node(s, st) => (Some(to_json(s)), Some(to_json(st))),
+            Spec::ConfigMap(data) => {
+                obj.insert("data".into(), to_json(data));
+                (None, None)
+            }
         };
         if let Some(spec) = spec {
             obj.insert("spec".into(), strip_nulls(spec));
@@ -356,7 +372,12 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
     let kind =
         Kind::lookup(api_version, kind_name).map_err(|m| err(None, &name, "apiVersion", m))?;
     for key in obj.keys() {
-        if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key.as_str()) {
+        let allowed: &[&str] = if kind == Kind::ConfigMap {
+            &["apiVersion", "kind", "metadata", "data"]
+        } else {
+            &["apiVersion", "kind", "metadata", "spec", "status"]
+        };
+        if !allowed.contains(&key.as_str()) {
             return Err(err(
                 Some(kind),
                 &name,
@@ -392,6 +413,7 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
             Kind::Job => Spec::Job(typed(spec_v, "spec")?),
             Kind::Pod => Spec::Pod(typed(spec_v, "spec")?, typed(status_v, "status")?),
             Kind::Node => Spec::Node(typed(spec_v, "spec")?, typed(status_v, "status")?),
+            Kind::ConfigMap => Spec::ConfigMap(typed(obj.get("data"), "data")?),
         })
     })()
     .map_err(|(p, m)| err(Some(kind), &name, &p, m))?;
@@ -447,7 +469,8 @@ mod tests {
             Ok(Kind::K8sGateway)
         );
         assert_eq!(Kind::lookup("apps/v1", "Deployment"), Ok(Kind::Deployment));
-        assert!(Kind::lookup("v1", "ConfigMap").is_err());
+        assert_eq!(Kind::lookup("v1", "ConfigMap"), Ok(Kind::ConfigMap));
+        assert!(Kind::lookup("v1", "Secret").is_err());
         assert!(Kind::lookup("networking.istio.io/v9", "VirtualService").is_err());
         assert!(Kind::lookup("security.istio.io/v1", "VirtualService").is_err());
     }

@@ -33,11 +33,17 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
         Spec::Service(s) => v.service(s),
         Spec::Deployment(s) => v.deployment(s),
         Spec::Job(s) => v.job(s),
-        Spec::Pod(_, st) => {
+        Spec::Pod(spec, st) => {
+            v.pod_spec("spec", spec);
             if let Some(ip) = &st.pod_ip {
                 v.ip("status.podIP", ip);
             }
         }
+        Spec::ConfigMap(data) if r.name() == crate::istio::mesh::CONFIGMAP => v.mesh_config(
+            data.get(crate::istio::mesh::KEY)
+                .map(String::as_str)
+                .unwrap_or(""),
+        ),
         Spec::WorkloadEntry(s) => {
             if let Some(a) = &s.address {
                 v.ip("spec.address", a);

@@ -6,6 +6,7 @@
 //!           -> the role's delivery (app over L4, or the L7 inbound path) -> relay
 //!           15006 -> original dst -> plan_inbound (no identity) -> delivery -> relay
 
+pub mod authz;
 pub mod inbound;
 pub mod outbound;
 pub mod plan;

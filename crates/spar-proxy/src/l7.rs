@@ -9,6 +9,7 @@
 //! - config: `config` compiles VirtualService/DestinationRule into engine types or refuses.
 
 pub mod attempt;
+pub mod authorize;
 pub mod balance;
 pub mod body;
 pub mod breaker;

@@ -6,14 +6,15 @@
 //! - `net`: the socket seam (network namespaces with nftables capture, or loopback for
 //!   in-process tests); `proxy`: what every role shares, and pod enrolment;
 //! - `l4`: connection paths (pure planners, outbound, inbound, relay); `hbone`, `h2stream`:
-//!   the mesh transport; `authz`: L4 policy; `dns`;
+//!   the mesh transport; `dns`;
+//! - `security`: the policy engine (AuthorizationPolicy, JWT, ext_authz) sidecars and
+//!   waypoints call;
 //! - `l7`: the HTTP engine (plan, then do);
 //! - `role`: node and sidecar, each wiring listeners to paths;
 //! - `admin`, `metrics`: what operators see.
 
 pub mod accept;
 pub mod admin;
-pub mod authz;
 pub mod certs;
 pub mod control;
 pub mod dns;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod role;
+pub mod security;
 pub mod snapshot;
 pub mod tls;
 pub mod xds_client;

@@ -2,15 +2,16 @@
 //! client), certificates and the mesh root, the HBONE pool, TCP metrics, and the pods being
 //! served, each with its network handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
@@ -46,6 +47,67 @@ pub struct Proxy {
     /// Enrolled pods: uid -> network name (for the config dump).
     pub enrolled: Mutex<BTreeMap<String, String>>,
     pub network: Network,
+    /// Open inbound L4 connections, re-decided on every config change.
+    pub tracker: Arc<Tracker>,
+}
+
+type Recheck = Box<dyn Fn(&Snapshot) -> Option<String> + Send + Sync>;
+
+/// Open inbound connections and how to decide each again. A policy change that now denies
+/// one closes it (as ztunnel does), so no connection outlives the policy that admitted it.
+#[derive(Default)]
+pub struct Tracker {
+    conns: Mutex<HashMap<u64, (Recheck, Arc<Notify>)>>,
+    next: AtomicU64,
+}
+
+/// Keeps a connection tracked while it lives.
+pub struct Tracked {
+    tracker: Arc<Tracker>,
+    id: u64,
+    /// Notified when the connection must close; the reason is logged by the rechecker.
+    pub stop: Arc<Notify>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.tracker.lock().remove(&self.id);
+    }
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Recheck, Arc<Notify>)>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Track a connection; `recheck` returns why it is no longer allowed, if it is not.
+    pub fn track(self: &Arc<Self>, recheck: Recheck) -> Tracked {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let stop = Arc::new(Notify::new());
+        self.lock().insert(id, (recheck, stop.clone()));
+        Tracked {
+            tracker: self.clone(),
+            id,
+            stop,
+        }
+    }
+
+    /// Decide every open connection again; close those now denied. Returns how many.
+    pub fn recheck(&self, snap: &Snapshot) -> usize {
+        let mut closed = 0;
+        for (recheck, stop) in self.lock().values() {
+            if let Some(why) = recheck(snap) {
+                tracing::info!(target: "access", "closing an open connection: policy changed: {why}");
+                stop.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    pub fn open(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// One pod a proxy serves.
@@ -90,6 +152,7 @@ impl Proxy {
             generation_tx: tx,
             enrolled: Mutex::new(BTreeMap::new()),
             network: opts.network,
+            tracker: Arc::new(Tracker::default()),
         }))
     }
 

@@ -89,6 +89,26 @@ impl WorkloadInfo {
     }
 }
 
+impl WorkloadInfo {
+    /// The service of this workload that `port` (a target port) belongs to, if the service
+    /// declares that port HTTP, HTTP/2 or gRPC.
+    pub fn http_service(&self, port: u16) -> Option<ServiceKey> {
+        use spar_xds::workload::AppProtocol;
+        self.services.iter().find_map(|(key, ports)| {
+            ports.ports.iter().find_map(|p| {
+                let target = if p.target_port == 0 {
+                    p.service_port
+                } else {
+                    p.target_port
+                };
+                let proto = AppProtocol::try_from(p.app_protocol).ok()?;
+                (target == u32::from(port) && proto != AppProtocol::Unknown)
+                    .then(|| ServiceKey::parse(key))
+            })
+        })
+    }
+}
+
 impl std::ops::Deref for WorkloadInfo {
     type Target = Workload;
     fn deref(&self) -> &Workload {
@@ -134,6 +154,8 @@ pub struct Snapshot {
     pub policies: BTreeMap<String, Authorization>,
     /// Sidecars: which access log lines to write (Istio's Telemetry API; none by default).
     pub telemetry: spar_xds::l7::Telemetry,
+    /// Sidecars and waypoints: AuthorizationPolicy, RequestAuthentication, ext_authz.
+    pub security: Arc<crate::security::Config>,
 }
 
 impl Snapshot {
@@ -143,6 +165,7 @@ impl Snapshot {
         policies: BTreeMap<String, Authorization>,
         l7: BTreeMap<String, Arc<crate::l7::config::Service>>,
         telemetry: spar_xds::l7::Telemetry,
+        security: crate::security::Config,
     ) -> Snapshot {
         let workloads: BTreeMap<String, Arc<WorkloadInfo>> = workloads
             .into_iter()
@@ -199,6 +222,7 @@ impl Snapshot {
             by_host,
             policies,
             telemetry,
+            security: Arc::new(security),
         }
     }
 

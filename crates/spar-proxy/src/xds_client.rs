@@ -15,7 +15,7 @@ use spar_xds::discovery::{
 use spar_xds::l7::ServiceRoutes;
 use spar_xds::security::Authorization;
 use spar_xds::workload::{Address, Service, Workload, address};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_TYPE};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, POLICY_TYPE, TELEMETRY_TYPE};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::ControlPlane;
@@ -28,7 +28,10 @@ struct Held {
     policies: BTreeMap<String, Authorization>,
     l7: BTreeMap<String, Arc<crate::l7::config::Service>>,
     telemetry: Option<spar_xds::l7::Telemetry>,
+    security: BTreeMap<String, Arc<crate::security::Compiled>>,
     versions: HashMap<String, HashMap<String, String>>,
+    /// Types that have had their first response (kept across reconnects).
+    seen: std::collections::HashSet<String>,
 }
 
 /// Keep `state` in sync with the control plane, forever. `changed` ticks after each update.
@@ -85,7 +88,13 @@ async fn session(
     );
     let (tx, rx) = mpsc::channel(16);
     let types: &[&str] = if l7 {
-        &[ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, TELEMETRY_TYPE]
+        &[
+            ADDRESS_TYPE,
+            AUTHORIZATION_TYPE,
+            L7_TYPE,
+            TELEMETRY_TYPE,
+            POLICY_TYPE,
+        ]
     } else {
         &[ADDRESS_TYPE, AUTHORIZATION_TYPE]
     };
@@ -119,16 +128,22 @@ async fn session(
     {
         let ack = match apply(held, &resp) {
             Ok(()) => {
-                *generation += 1;
-                let next = Snapshot::build(
-                    held.workloads.clone(),
-                    held.services.clone(),
-                    held.policies.clone(),
-                    held.l7.clone(),
-                    held.telemetry.clone().unwrap_or_default(),
-                );
-                state.store(Arc::new(next));
-                let _ = changed.send(*generation);
+                held.seen.insert(resp.type_url.clone());
+                // Nothing is served before every subscribed type has arrived: a pod must
+                // never be served in a window without its policies.
+                if types.iter().all(|t| held.seen.contains(*t)) {
+                    *generation += 1;
+                    let next = Snapshot::build(
+                        held.workloads.clone(),
+                        held.services.clone(),
+                        held.policies.clone(),
+                        held.l7.clone(),
+                        held.telemetry.clone().unwrap_or_default(),
+                        crate::security::Config::build(held.security.values().map(|c| &**c)),
+                    );
+                    state.store(Arc::new(next));
+                    let _ = changed.send(*generation);
+                }
                 DeltaDiscoveryRequest {
                     type_url: resp.type_url.clone(),
                     response_nonce: resp.nonce.clone(),
@@ -161,6 +176,7 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
     let mut policies = Vec::new();
     let mut l7 = Vec::new();
     let mut telemetry = None;
+    let mut security = Vec::new();
     for r in &resp.resources {
         let body = r
             .resource
@@ -185,6 +201,12 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
                     .map_err(|e| format!("{}: {e}", r.name))?;
                 let compiled = crate::l7::config::compile(&sr).map_err(|e| e.to_string())?;
                 l7.push((r.name.clone(), Arc::new(compiled)));
+            }
+            POLICY_TYPE => {
+                let p = spar_xds::l7::Policy::decode(body.value.as_slice())
+                    .map_err(|e| format!("{}: {e}", r.name))?;
+                let compiled = crate::security::compile(&p).map_err(|e| e.to_string())?;
+                security.push((r.name.clone(), Arc::new(compiled)));
             }
             TELEMETRY_TYPE => {
                 telemetry = Some(
@@ -212,7 +234,11 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
         if resp.type_url == TELEMETRY_TYPE {
             held.telemetry = None;
         }
+        if resp.type_url == POLICY_TYPE {
+            held.security.remove(n);
+        }
     }
+    held.security.extend(security);
     held.workloads.extend(workloads);
     held.services.extend(services);
     held.policies.extend(policies);

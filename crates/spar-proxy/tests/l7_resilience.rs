@@ -93,15 +93,21 @@ async fn retries_zero_passes_failures_through() {
         &format!(
             "{}---\n{}",
             dr("    loadBalancer: {simple: ROUND_ROBIN}"),
-            vs_only("  - retries: {attempts: 0}
-    route: [{destination: {host: reviews}}]")
+            vs_only(
+                "  - retries: {attempts: 0}
+    route: [{destination: {host: reviews}}]"
+            )
         ),
         503,
         Duration::ZERO,
     )
     .await;
     let (_, statuses) = spread(&mesh, "client", H, 9080, "/", &[], 60).await;
-    assert_eq!(statuses.get(&503), Some(&20), "every third request meets v1: {statuses:?}");
+    assert_eq!(
+        statuses.get(&503),
+        Some(&20),
+        "every third request meets v1: {statuses:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,11 @@ pub mod l7 {
     tonic::include_proto!("spar.l7.v1");
 }
 
+/// Envoy's ext_authz API (`envoy.service.auth.v3.Authorization/Check`).
+pub mod ext_authz {
+    tonic::include_proto!("envoy.service.auth.v3");
+}
+
 /// Type URL of ambient addresses (workloads and services).
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of L4 authorization policies.
@@ -32,6 +37,8 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 pub const L7_TYPE: &str = "type.googleapis.com/spar.l7.v1.ServiceRoutes";
 /// Type URL of a sidecar's telemetry settings (access logging), one resource per proxy.
 pub const TELEMETRY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Telemetry";
+/// Type URL of security policies (AuthorizationPolicy, RequestAuthentication) for L7 proxies.
+pub const POLICY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Policy";
 /// The name of a proxy's one telemetry resource.
 pub const TELEMETRY_NAME: &str = "telemetry";
 

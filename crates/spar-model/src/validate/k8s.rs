@@ -37,7 +37,24 @@ impl Checker {
         }
     }
 
+    /// A pod's service account names its identity (`.../ns/NS/sa/SA`): it must be a plain
+    /// Kubernetes name, so no name can pose as another identity's path.
+    pub(super) fn pod_spec(&mut self, path: &str, s: &crate::k8s::PodSpec) {
+        for (field, v) in [
+            ("serviceAccountName", &s.service_account_name),
+            ("serviceAccount", &s.service_account),
+        ] {
+            if let Some(sa) = v {
+                self.name(&format!("{path}.{field}"), sa);
+            }
+        }
+        if let Some(n) = &s.node_name {
+            self.name(&format!("{path}.nodeName"), n);
+        }
+    }
+
     pub(super) fn job(&mut self, s: &crate::k8s::JobSpec) {
+        self.pod_spec("spec.template.spec", &s.template.spec);
         match s.template.spec.restart_policy.as_deref() {
             Some("Never" | "OnFailure") => {}
             other => self.err(
@@ -49,6 +66,7 @@ impl Checker {
     }
 
     pub(super) fn deployment(&mut self, s: &crate::k8s::DeploymentSpec) {
+        self.pod_spec("spec.template.spec", &s.template.spec);
         let labels = &s.template.metadata.labels;
         if s.selector.match_labels.is_empty() && s.selector.match_expressions.is_empty() {
             self.err("spec.selector", "a selector is required");

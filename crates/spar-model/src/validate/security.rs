@@ -72,19 +72,123 @@ impl Checker {
                 if !CONDITION_KEYS.iter().any(|k| {
                     c.key == *k
                         || (k.ends_with('[') && c.key.starts_with(k) && c.key.ends_with(']'))
+                        || (k.ends_with('.') && c.key.starts_with(k))
                 }) {
                     self.err(
                         format!("{cp}.key"),
                         format!("unknown condition key {:?}", c.key),
                     );
                 }
+                if c.key.starts_with("experimental.envoy.filters.") {
+                    self.err(
+                        format!("{cp}.key"),
+                        format!("{} is not supported by spar", c.key),
+                    );
+                }
+                if c.key.starts_with("request.auth.claims")
+                    && !(c.key.len() > "request.auth.claims[]".len()
+                        && c.key["request.auth.claims".len()..].starts_with('[')
+                        && c.key.ends_with(']'))
+                {
+                    self.err(
+                        format!("{cp}.key"),
+                        "write request.auth.claims[NAME] (nested: [a][b])",
+                    );
+                }
                 if c.values.is_empty() && c.not_values.is_empty() {
                     self.err(&cp, "set values or notValues");
+                }
+                if c.key == "destination.port" {
+                    for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+                        for (k, v) in list.iter().enumerate() {
+                            if !v.parse::<u16>().is_ok_and(|p| p > 0) {
+                                self.err(
+                                    format!("{cp}.{field}[{k}]"),
+                                    format!("{v:?} is not a port number (a condition that cannot be evaluated is never dropped)"),
+                                );
+                            }
+                        }
+                    }
                 }
                 if ["source.ip", "remote.ip", "destination.ip"].contains(&c.key.as_str()) {
                     for (k, v) in c.values.iter().chain(&c.not_values).enumerate() {
                         self.cidr(format!("{cp}.values[{k}]"), v);
                     }
+                }
+            }
+        }
+    }
+
+    /// Istio's mesh config: the extension providers Spar uses are checked; the rest is
+    /// reported as not acted on.
+    pub(super) fn mesh_config(&mut self, text: &str) {
+        use crate::istio::mesh::{AUTHZ_KINDS, MeshConfig};
+        let m = match MeshConfig::parse(text) {
+            Ok(m) => m,
+            Err(e) => return self.err("data.mesh", format!("not a MeshConfig: {e}")),
+        };
+        for k in m.other.keys() {
+            self.warn(
+                format!("data.mesh.{k}"),
+                "not acted on by spar yet; ignored",
+            );
+        }
+        for (i, p) in m.extension_providers.iter().enumerate() {
+            let at = format!("data.mesh.extensionProviders[{i}]");
+            if p.name.is_empty() {
+                self.err(format!("{at}.name"), "a provider needs a name");
+            }
+            let kinds: Vec<&String> = p.kinds.keys().collect();
+            if kinds.len() != 1 {
+                self.err(
+                    &at,
+                    "set exactly one provider kind (envoyExtAuthzHttp, envoyExtAuthzGrpc, ...)",
+                );
+                continue;
+            }
+            let kind = kinds[0].as_str();
+            if !AUTHZ_KINDS.contains(&kind) {
+                self.warn(
+                    format!("{at}.{kind}"),
+                    "provider kind not acted on by spar yet; ignored",
+                );
+                continue;
+            }
+            let spec = &p.kinds[kind];
+            if spec
+                .get("service")
+                .and_then(|s| s.as_str())
+                .is_none_or(str::is_empty)
+            {
+                self.err(format!("{at}.{kind}.service"), "a service host is required");
+            }
+            let port_ok = match spec.get("port") {
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().is_some_and(|p| (1..=65535).contains(&p))
+                }
+                Some(serde_json::Value::String(s)) => s.parse::<u16>().is_ok_and(|p| p > 0),
+                _ => false,
+            };
+            if !port_ok {
+                self.err(format!("{at}.{kind}.port"), "a port number is required");
+            }
+            if let Some(t) = spec.get("timeout").and_then(|t| t.as_str()) {
+                self.duration(format!("{at}.{kind}.timeout"), &Some(t.to_string()));
+            }
+            if let Some(s) = spec.get("statusOnError").and_then(|t| t.as_str())
+                && s.parse::<u16>().is_err()
+            {
+                self.err(
+                    format!("{at}.{kind}.statusOnError"),
+                    format!("{s:?} is not an HTTP status"),
+                );
+            }
+            for unsupported in ["includeRequestBodyInCheck", "includeHeadersInCheck"] {
+                if spec.get(unsupported).is_some() {
+                    self.warn(
+                        format!("{at}.{kind}.{unsupported}"),
+                        "not acted on by spar yet; ignored",
+                    );
                 }
             }
         }
@@ -142,5 +246,5 @@ const CONDITION_KEYS: &[&str] = &[
     "request.auth.presenter",
     "request.auth.claims[",
     "request.headers[",
-    "experimental.envoy.filters.network.mysql_proxy[",
+    "experimental.envoy.filters.",
 ];

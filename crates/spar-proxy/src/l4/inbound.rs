@@ -194,8 +194,28 @@ pub async fn to_app(proxy: &Proxy, pod: &Pod, conn: Admitted, io: Arrived) {
         None,
         conn.mtls,
     );
+    // Decided again on every config change while open.
+    let (uid, me) = (pod.workload.uid.clone(), pod.workload.clone());
+    let (peer, peer_id, target) = (
+        conn.peer,
+        conn.peer_identity.clone(),
+        conn.target.to_string(),
+    );
+    let tracked = proxy.tracker.track(Box::new(move |snap| {
+        let dst = snap
+            .workloads
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| me.clone());
+        let arrival = Arrival {
+            peer,
+            peer_identity: peer_id.as_deref(),
+            target: &target,
+        };
+        plan_inbound(snap, &dst, &arrival).err().map(|r| r.reason)
+    }));
     if let Some(io) = io.accept() {
-        relay(&proxy.metrics, io, app, l, log).await;
+        relay(&proxy.metrics, io, app, l, log, Some(&tracked.stop)).await;
     }
 }
 

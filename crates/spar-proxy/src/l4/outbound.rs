@@ -59,7 +59,7 @@ pub async fn forward(
                     "outbound src={peer} dst={dst} upstream={} via={via}",
                     up.target()
                 );
-                return relay(&proxy.metrics, s, io, l, log).await;
+                return relay(&proxy.metrics, s, io, l, log, None).await;
             }
             Err(e) => last_err = e.to_string(),
         }

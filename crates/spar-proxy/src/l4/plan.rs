@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::authz::{self, Conn, Decision};
+use super::authz::{self, Conn, Decision};
+use crate::security::authz::{Decision as AuthzDecision, Facts, evaluate};
 use crate::snapshot::{HBONE_PORT, ServiceInfo, ServiceKey, Snapshot, WorkloadInfo};
 
 /// Where one attempt goes.
@@ -214,6 +215,32 @@ pub fn plan_inbound(
         return Err(refuse(400, format!("authority {target} is not this pod")));
     }
     let (src_principal, src_namespace) = a.peer_identity.map(principal).unwrap_or_default();
+    // A sidecar's AuthorizationPolicies on a port that is not HTTP: decided per connection,
+    // with TCP semantics (requests on HTTP ports are decided one by one in `l7::authorize`).
+    if !snap.security.authz.is_empty() && dst.http_service(target.port()).is_none() {
+        let facts = Facts {
+            source_ip: a.peer.ip(),
+            remote_ip: a.peer.ip(),
+            principal: src_principal.as_deref(),
+            namespace: src_namespace.as_deref(),
+            dest_ip: target.ip(),
+            dest_port: target.port(),
+            sni: None,
+            http: None,
+        };
+        let v = evaluate(snap.security.authz.iter(), &facts);
+        if let Some((policy, _)) = v.custom {
+            return Err(refuse(
+                401,
+                format!(
+                    "CUSTOM policy {policy} matches a TCP connection, which ext_authz over HTTP cannot check"
+                ),
+            ));
+        }
+        if let AuthzDecision::Deny { .. } = v.decision {
+            return Err(refuse(401, v.decision.detail()));
+        }
+    }
     let conn = Conn {
         src_ip: a.peer.ip(),
         src_principal,

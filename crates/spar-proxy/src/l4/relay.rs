@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, TcpLabels};
 use crate::snapshot::{ServiceKey, WorkloadInfo};
@@ -44,18 +45,29 @@ pub fn labels(
     }
 }
 
-/// Copy both ways until both sides are done, then account bytes and log the connection.
-pub async fn relay<A, B>(metrics: &Metrics, mut a: A, mut b: B, l: TcpLabels, log: String)
-where
+/// Copy both ways until both sides are done (or `stop` fires: the policy that admitted the
+/// connection no longer does), then account bytes and log the connection.
+pub async fn relay<A, B>(
+    metrics: &Metrics,
+    mut a: A,
+    mut b: B,
+    l: TcpLabels,
+    log: String,
+    stop: Option<&Notify>,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     metrics.opened.get_or_create(&l).inc();
-    let (sent, received) =
-        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF)
-            .await
-            .unwrap_or((0, 0));
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
+    let (sent, received) = match stop {
+        Some(stop) => tokio::select! {
+            r = copy => r.unwrap_or((0, 0)),
+            _ = stop.notified() => (0, 0),
+        },
+        None => copy.await.unwrap_or((0, 0)),
+    };
     metrics.sent.get_or_create(&l).inc_by(sent);
     metrics.received.get_or_create(&l).inc_by(received);
     metrics.closed.get_or_create(&l).inc();

@@ -3,9 +3,11 @@
 //! one connection per downstream connection, and reported with `reporter="destination"`:
 //!
 //! ```text
-//! 1. head       hop-by-hop stripped; x-forwarded-client-cert from the verified identity
-//! 2. app        the request on this downstream connection's application connection
-//! 3. telemetry  metrics and the access log line when the response body is done
+//! 1. head       hop-by-hop stripped
+//! 2. authorize  RequestAuthentication, CUSTOM, DENY, ALLOW (`authorize`): 401 / 403 here
+//! 3. app        x-forwarded-client-cert from the verified identity; the request on this
+//!               downstream connection's application connection
+//! 4. telemetry  metrics and the access log line when the response body is done
 //! ```
 
 use std::sync::Arc;
@@ -17,33 +19,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use spar_xds::workload::AppProtocol;
 use tokio::sync::Mutex;
 
 use super::Engine;
+use super::authorize::{Context, authorize};
 use super::body::{Body, BoxError, counted, full_body};
 use super::headers::strip_hop_by_hop;
 use super::telemetry::{AccessLog, HttpLabels, Peers, is_grpc};
 use crate::l4::inbound::{InboundIo, connect_app};
 use crate::l4::plan::Admitted;
 use crate::proxy::{Pod, Proxy};
-use crate::snapshot::{ServiceKey, WorkloadInfo};
-
-/// The service of this pod that `port` (a target port) belongs to, if it is HTTP.
-pub fn declared_http(w: &WorkloadInfo, port: u16) -> Option<(ServiceKey, AppProtocol)> {
-    w.services.iter().find_map(|(key, ports)| {
-        ports.ports.iter().find_map(|p| {
-            let target = if p.target_port == 0 {
-                p.service_port
-            } else {
-                p.target_port
-            };
-            let proto = AppProtocol::try_from(p.app_protocol).ok()?;
-            (target == u32::from(port) && proto != AppProtocol::Unknown)
-                .then(|| (ServiceKey::parse(key), proto))
-        })
-    })
-}
+use crate::snapshot::ServiceKey;
 
 enum AppConn {
     None,
@@ -157,37 +143,57 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     let grpc = is_grpc(req.headers());
     // 1. The head.
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    // The caller as this proxy verified it; never what the caller claimed.
-    req.headers_mut().remove("x-forwarded-client-cert");
-    if let Some(id) = &conn.peer_identity
-        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", ib.pod.identity))
-    {
-        req.headers_mut().insert("x-forwarded-client-cert", v);
-    }
     let received = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(0);
     let (mut parts, body) = req.into_parts();
-    // Origin-form towards the application.
-    if let Some(pq) = parts.uri.path_and_query().cloned()
-        && parts.version != Version::HTTP_2
-    {
-        parts.uri = pq.as_str().parse().unwrap_or_default();
-    }
-    let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-    // 2. The application.
-    let (mut resp, flags) = match send(&ib, req).await {
-        Ok(r) => (r.map(|b| b.map_err(BoxError::from).boxed()), "-"),
-        Err(e) => {
-            let mut r = Response::new(full_body(format!(
-                "upstream connect error or disconnect/reset before headers: {e}\n"
-            )));
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            (r, "UF")
+    // 2. Authorization, against the policies in force now.
+    let snap = ib.proxy.snapshot.load_full();
+    let cx = Context {
+        proxy: &ib.proxy,
+        pod: &ib.pod,
+        engine: &ib.engine,
+        conn,
+    };
+    let (mut resp, flags, added) = match authorize(&cx, &snap, &mut parts).await {
+        Err(refused) => {
+            tracing::info!(target: "access", "inbound src={} dst={} src_id={} denied=\"{}\"",
+                conn.peer, conn.target, conn.peer_identity.as_deref().unwrap_or("-"), refused.detail);
+            log.response_code_details = refused.detail;
+            (refused.response, refused.flag, Vec::new())
+        }
+        Ok(added) => {
+            // 3. The application. The caller as this proxy verified it, never as it claimed.
+            parts.headers.remove("x-forwarded-client-cert");
+            if let Some(id) = &conn.peer_identity
+                && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", ib.pod.identity))
+            {
+                parts.headers.insert("x-forwarded-client-cert", v);
+            }
+            // Origin-form towards the application.
+            if let Some(pq) = parts.uri.path_and_query().cloned()
+                && parts.version != Version::HTTP_2
+            {
+                parts.uri = pq.as_str().parse().unwrap_or_default();
+            }
+            let req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+            match send(&ib, req).await {
+                Ok(r) => (r.map(|b| b.map_err(BoxError::from).boxed()), "-", added),
+                Err(e) => {
+                    let mut r = Response::new(full_body(format!(
+                        "upstream connect error or disconnect/reset before headers: {e}\n"
+                    )));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    (r, "UF", Vec::new())
+                }
+            }
         }
     };
+    for (k, v) in added {
+        resp.headers_mut().append(k, v);
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(down) = down_upgrade
     {
@@ -201,8 +207,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
-    // 3. Telemetry when the response body is done.
-    let snap = ib.proxy.snapshot.load_full();
+    // 4. Telemetry when the response body is done.
     let peers = Peers {
         src: conn.source.as_deref(),
         src_principal: Some(conn.peer_identity.as_deref().unwrap_or("unknown")),

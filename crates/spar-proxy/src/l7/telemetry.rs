@@ -214,6 +214,8 @@ pub struct AccessLog {
     pub authority: String,
     pub response_code: u16,
     pub response_flags: String,
+    /// Why the proxy answered itself, Envoy-style (`rbac_access_denied_matched_policy[...]`).
+    pub response_code_details: String,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub duration_ms: u64,
@@ -268,9 +270,9 @@ impl AccessLog {
                 tracing::info!(target: "access", "{line}");
             }
             LogFormat::Text => tracing::info!(target: "access",
-                "[{}] \"{} {} {}\" {} {} {} {} {} {} \"{}\" \"{}\" {} {} src_id={} dst_id={} route={} request_id={} attempts={}",
+                "[{}] \"{} {} {}\" {} {} {} {} {} {} {} \"{}\" \"{}\" {} {} src_id={} dst_id={} route={} request_id={} attempts={}",
                 self.start_time, self.method, self.path, self.protocol, self.response_code,
-                self.response_flags, self.bytes_received, self.bytes_sent, self.duration_ms,
+                self.response_flags, if self.response_code_details.is_empty() { "-" } else { &self.response_code_details }, self.bytes_received, self.bytes_sent, self.duration_ms,
                 self.upstream_service_time_ms.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 self.authority, self.upstream_host, self.upstream_cluster,
                 self.downstream_remote_address, self.source_principal, self.destination_principal,

@@ -62,6 +62,7 @@ pub async fn run<R: Role>(role: Arc<R>) {
                 }
             }
         }
+        proxy.tracker.recheck(&snap);
         *proxy.enrolled.lock().unwrap_or_else(|e| e.into_inner()) = enrolled
             .iter()
             .map(|(k, v)| (k.clone(), v.pod.net.name()))

@@ -139,10 +139,10 @@ impl Deliver for SidecarRole {
     /// XFCC); everything else is L4.
     async fn deliver(self: Arc<Self>, pod: Arc<Pod>, conn: Admitted, io: Arrived) {
         let snap = self.proxy.snapshot.load_full();
-        let http = l7::inbound::declared_http(&pod.current(&snap), conn.target.port());
+        let http = pod.current(&snap).http_service(conn.target.port());
         drop(snap);
         match http {
-            Some((service, _)) => {
+            Some(service) => {
                 let ib = l7::inbound::Inbound::new(
                     self.proxy.clone(),
                     pod,

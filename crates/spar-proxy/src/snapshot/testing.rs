@@ -73,5 +73,6 @@ pub fn snapshot(
             .map(|s| (format!("{}/{}", s.namespace, s.hostname), Arc::new(s)))
             .collect(),
         Default::default(),
+        Default::default(),
     )
 }

@@ -394,6 +394,22 @@ impl Mesh {
         self.tasks.push(spar_echo::grpc::serve_grpc(l, info));
     }
 
+    /// Serve `spar echo ext-authz` (HTTP on `http_port`, gRPC on `grpc_port`) as `pod`'s app.
+    pub async fn ext_authz(&mut self, pod: &str, http_port: u16, grpc_port: u16) {
+        let p = self.pod(pod).clone();
+        for (port, grpc) in [(http_port, false), (grpc_port, true)] {
+            let l = tokio::net::TcpListener::bind(SocketAddr::new(p.ip, 0))
+                .await
+                .expect("bind app");
+            self.net.serve(p.ip, port, l.local_addr().expect("addr"));
+            self.tasks.push(if grpc {
+                spar_echo::ext_authz::serve_grpc(l)
+            } else {
+                spar_echo::ext_authz::serve_http(l)
+            });
+        }
+    }
+
     /// Serve a TCP echo as the application of `pod` on `port`.
     pub async fn tcp_echo(&mut self, pod: &str, port: u16) {
         let p = self.pod(pod).clone();

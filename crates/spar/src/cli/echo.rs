@@ -69,6 +69,14 @@ pub enum EchoCommand {
         #[arg(long)]
         no_keepalive: bool,
     },
+    /// An ext_authz server for CUSTOM policies (as Istio's sample): allows requests that
+    /// carry `x-ext-authz: allow`, over HTTP and gRPC (`envoy.service.auth.v3.Authorization`).
+    ExtAuthz {
+        #[arg(long, default_value_t = 8000)]
+        http_port: u16,
+        #[arg(long, default_value_t = 9000)]
+        grpc_port: u16,
+    },
     /// One TCP exchange: send a message, print what comes back.
     Tcp {
         addr: String,
@@ -200,6 +208,14 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 path,
                 message,
             } => println!("{}", spar_echo::ws::exchange(&addr, &path, &message).await?),
+            EchoCommand::ExtAuthz {
+                http_port,
+                grpc_port,
+            } => {
+                let (h, g, task) = spar_echo::ext_authz::bind(http_port, grpc_port).await?;
+                eprintln!("spar echo: ext_authz HTTP on {h}, gRPC on {g}");
+                let _ = task.await;
+            }
             EchoCommand::ServerFirst { addr } => {
                 let (banner, answer) = tcp::server_first_exchange(&addr).await?;
                 println!("{banner}\n{answer}");

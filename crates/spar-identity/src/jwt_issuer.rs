@@ -1,0 +1,134 @@
+//! A JWT issuer for RequestAuthentication: a signing key (ES256 or RS256), the JWKS that
+//! publishes its public half, and signed tokens. `spar jwt` uses it, so Istio's JWT tasks run
+//! without fetching Istio's demo keys from the internet; tests use it to mint tokens.
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+
+use crate::Error;
+
+pub struct JwtIssuer {
+    pub kid: String,
+    pub alg: Algorithm,
+    private_pem: String,
+    jwk: serde_json::Value,
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn bad(reason: impl std::fmt::Display) -> Error {
+    Error::BadCaMaterial {
+        what: "JWT signing key".into(),
+        reason: reason.to_string(),
+    }
+}
+
+impl JwtIssuer {
+    /// A new key: `alg` is `ES256` or `RS256`.
+    pub fn generate(alg: &str, kid: &str) -> Result<JwtIssuer, Error> {
+        let key = match alg {
+            "ES256" => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+            "RS256" => KeyPair::generate_for(&PKCS_RSA_SHA256)?,
+            other => return Err(bad(format!("algorithm {other:?}: use ES256 or RS256"))),
+        };
+        Self::from_key(&key, kid)
+    }
+
+    /// A key from its PKCS#8 PEM (what `private_pem` wrote).
+    pub fn from_pem(pem: &str, kid: &str) -> Result<JwtIssuer, Error> {
+        Self::from_key(&KeyPair::from_pem(pem)?, kid)
+    }
+
+    fn from_key(key: &KeyPair, kid: &str) -> Result<JwtIssuer, Error> {
+        let (alg, jwk) = if key.algorithm() == &PKCS_ECDSA_P256_SHA256 {
+            let raw = key.public_key_raw();
+            if raw.len() != 65 || raw[0] != 4 {
+                return Err(bad("not an uncompressed P-256 point"));
+            }
+            (
+                Algorithm::ES256,
+                serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+                    "kid": kid, "alg": "ES256", "use": "sig"}),
+            )
+        } else if key.algorithm() == &PKCS_RSA_SHA256 {
+            use x509_parser::prelude::FromDer;
+            use x509_parser::public_key::PublicKey;
+            let der = rcgen::PublicKeyData::subject_public_key_info(key);
+            let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&der).map_err(bad)?;
+            let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+                return Err(bad("not an RSA public key"));
+            };
+            let trim = |b: &[u8]| {
+                let i = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+                b64(&b[i..])
+            };
+            (
+                Algorithm::RS256,
+                serde_json::json!({"kty": "RSA", "n": trim(rsa.modulus), "e": trim(rsa.exponent),
+                    "kid": kid, "alg": "RS256", "use": "sig"}),
+            )
+        } else {
+            return Err(bad("use an ES256 (P-256) or RS256 key"));
+        };
+        Ok(JwtIssuer {
+            kid: kid.to_string(),
+            alg,
+            private_pem: key.serialize_pem(),
+            jwk,
+        })
+    }
+
+    /// The private key as PKCS#8 PEM, to keep (never log it).
+    pub fn private_pem(&self) -> &str {
+        &self.private_pem
+    }
+
+    /// `{"keys": [the public key]}`.
+    pub fn jwks(&self) -> String {
+        serde_json::json!({ "keys": [self.jwk] }).to_string()
+    }
+
+    /// A token with these claims (add `iss`, `sub`, `exp` yourself).
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        let key = match self.alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(self.private_pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(self.private_pem.as_bytes()),
+        }
+        .map_err(bad)?;
+        jsonwebtoken::encode(&h, claims, &key).map_err(|e| Error::Token(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_against_the_published_jwks() {
+        for alg in ["ES256", "RS256"] {
+            let iss = JwtIssuer::generate(alg, "k1").expect("key");
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs()
+                + 600;
+            let token = iss
+                .sign(&serde_json::json!({"iss": "me", "sub": "you", "exp": exp}))
+                .expect("sign");
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&iss.jwks()).expect("jwks");
+            let key = jsonwebtoken::DecodingKey::from_jwk(&set.keys[0]).expect("key");
+            let mut v = jsonwebtoken::Validation::new(iss.alg);
+            v.validate_aud = false;
+            let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v)
+                .unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(data.claims["sub"], "you");
+            let again = JwtIssuer::from_pem(iss.private_pem(), "k1").expect("reload");
+            assert_eq!(again.jwks(), iss.jwks(), "{alg}: the same key from its PEM");
+        }
+    }
+}
