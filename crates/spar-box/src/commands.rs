@@ -150,6 +150,12 @@ fn control_status(paths: &Paths) -> String {
     for r in v["rejected_config"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  rejected config: {}", r.as_str().unwrap_or(""));
     }
+    for r in v["jwks_errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  {}", r.as_str().unwrap_or(""));
+    }
+    for r in v["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  warning: {}", r.as_str().unwrap_or(""));
+    }
     out
 }
 

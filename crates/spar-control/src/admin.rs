@@ -70,8 +70,20 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         .into_iter()
         .map(|(uri, why)| format!("jwksUri {uri}: {why} (the last good keys stay in force)"))
         .collect();
+    let snap = s.config.current();
+    // What the mesh holds but Spar does not act on, said by name for as long as it is there.
+    let warnings: Vec<String> = snap
+        .registry
+        .resources()
+        .flat_map(|r| {
+            spar_model::validate::validate(r)
+                .into_iter()
+                .filter(|i| i.severity == spar_model::Severity::Warning)
+                .map(move |i| format!("{}: {}: {}", r.key(), i.path, i.message))
+        })
+        .collect();
     Json(
-        json!({ "generation": s.config.current().generation, "proxies": proxies, "rejected_config": rejected, "jwks_errors": jwks }),
+        json!({ "generation": snap.generation, "proxies": proxies, "rejected_config": rejected, "jwks_errors": jwks, "warnings": warnings }),
     )
 }
 

@@ -2,6 +2,7 @@
 //! policy: pure, table-tested, failing closed.
 
 use spar_identity::{Claims, Identity, Subject, TokenIssuer};
+use spar_model::validate::{is_dns_label, is_dns_subdomain};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -46,9 +47,14 @@ pub fn authorize_identity(
                 )));
             }
             let own = Identity::new(td, namespace, service_account);
-            // Only names that read back as exactly this identity are signed: a service
-            // account like `x/ns/victim/sa/admin` would otherwise pose as another's path.
-            if own.to_string().parse::<Identity>().ok().as_ref() != Some(&own) {
+            // Only Kubernetes names are signed (namespace a DNS label, pod and service
+            // account DNS subdomains), and only names that read back as exactly this
+            // identity: a service account like `x/ns/victim/sa/admin` would otherwise pose
+            // as another's path.
+            let names_ok = is_dns_label(namespace)
+                && is_dns_subdomain(name)
+                && is_dns_subdomain(service_account);
+            if !names_ok || own.to_string().parse::<Identity>().ok().as_ref() != Some(&own) {
                 return Err(Status::invalid_argument(format!(
                     "{namespace}/{service_account} is not a valid namespace and service account name; no certificate is issued"
                 )));
@@ -67,6 +73,11 @@ pub fn authorize_identity(
             let id: Identity = want
                 .parse()
                 .map_err(|e: spar_identity::Error| Status::invalid_argument(e.to_string()))?;
+            if !is_dns_label(&id.namespace) || !is_dns_subdomain(&id.service_account) {
+                return Err(Status::invalid_argument(format!(
+                    "{id}: namespace and service account must be Kubernetes names; no certificate is issued"
+                )));
+            }
             if &id.trust_domain != td {
                 return Err(Status::permission_denied(format!(
                     "{id} is not in trust domain {td}"
@@ -185,5 +196,31 @@ status: {podIP: 10.0.2.5}
         let reg = Registry::new(MeshSettings::default(), [r]);
         let e = authorize_identity(&reg, &pod("default", "p", bad), None).expect_err("refused");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+
+    #[test]
+    fn only_kubernetes_names_get_certificates() {
+        // Each pod is in the registry as the token says, so only the name check can refuse.
+        for (ns, sa, ok) in [
+            ("default", "reviews", true),
+            ("default", "bookinfo.reviews", true),
+            ("default", "Reviews", false),
+            ("default", "-reviews", false),
+            ("default", "rev_iews", false),
+            ("default", &"a".repeat(254), false),
+            ("Default", "reviews", false),
+            (&"n".repeat(64), "reviews", false),
+            ("de.fault", "reviews", false),
+        ] {
+            let r = spar_model::resource::decode(&serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": ns},
+                "spec": {"serviceAccountName": sa, "nodeName": "node-1"},
+                "status": {"podIP": "10.0.1.9"}}))
+            .expect("decodes");
+            let reg = Registry::new(MeshSettings::default(), [r]);
+            let got = authorize_identity(&reg, &pod(ns, "p", sa), None);
+            assert_eq!(got.is_ok(), ok, "{ns}/{sa}: {got:?}");
+        }
     }
 }

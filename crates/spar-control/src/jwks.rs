@@ -216,3 +216,34 @@ where
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fetch_keeps_the_last_good_keys_and_is_reported() {
+        let changed = Arc::new(Notify::new());
+        let cache = JwksCache::new(changed);
+        let uri = "http://keys.example/jwks.json";
+        cache.lock().insert(uri.into(), Entry::default());
+        let good = r#"{"keys":[{"kty":"EC"}]}"#.to_string();
+        cache.record(uri, Ok(good.clone()));
+        assert_eq!(cache.snapshot()[uri], good);
+        assert!(cache.problems().is_empty());
+        cache.record(uri, Err("connect keys.example:80: refused".into()));
+        assert_eq!(cache.snapshot()[uri], good, "the last good keys stay");
+        assert_eq!(
+            cache.problems(),
+            vec![(uri.to_string(), "connect keys.example:80: refused".into())]
+        );
+        cache.record(uri, Ok(good.clone()));
+        assert!(cache.problems().is_empty(), "a good fetch clears the error");
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_jwks_is_an_error() {
+        assert!(fetch("file:///etc/passwd").await.is_err());
+        assert!(fetch("http://").await.is_err());
+    }
+}

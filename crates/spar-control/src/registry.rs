@@ -17,6 +17,9 @@ pub struct MeshSettings {
     pub cluster_id: String,
     /// DNS suffix of service host names (`<svc>.<ns>.svc.<suffix>`).
     pub domain_suffix: String,
+    /// MeshConfig text from `spar control --mesh-config` (the root namespace's `istio`
+    /// ConfigMap, when there is one, wins: it is the later, applied intent).
+    pub mesh_config: Option<String>,
 }
 
 impl Default for MeshSettings {
@@ -26,6 +29,7 @@ impl Default for MeshSettings {
             root_namespace: "istio-system".into(),
             cluster_id: "Kubernetes".into(),
             domain_suffix: "cluster.local".into(),
+            mesh_config: None,
         }
     }
 }

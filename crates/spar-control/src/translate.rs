@@ -604,6 +604,34 @@ status: {podIP: 10.0.2.1}
     }
 
     #[test]
+    fn custom_fails_closed_and_ip_blocks_intersect_at_l4() {
+        let r = reg(&[
+            ap("ext", "a", "{action: CUSTOM, provider: {name: authz}, rules: [{to: [{operation: {paths: [/admin]}}]}]}"),
+            ap("both", "a", "{rules: [{from: [{source: {ipBlocks: [10.0.0.0/8], remoteIpBlocks: [10.1.0.0/16, 192.168.0.0/16]}}]}]}"),
+            ap("disjoint", "a", "{rules: [{from: [{source: {ipBlocks: [10.0.0.0/8], remoteIpBlocks: [192.168.0.0/16]}}]}]}"),
+        ]
+        .concat());
+        let all = translate(&r);
+        let ext = &all.authorizations["a/ext"];
+        assert_eq!(
+            ext.action,
+            xsec::Action::Deny as i32,
+            "a node proxy cannot ask ext_authz: CUSTOM denies what it matches"
+        );
+        assert_eq!(ext.rules.len(), 1);
+        let both = &all.authorizations["a/both"].rules[0].clauses[0].matches[0];
+        assert_eq!(both.source_ips.len(), 1, "the intersection: {both:?}");
+        assert_eq!(both.source_ips[0].address, vec![10, 1, 0, 0]);
+        assert_eq!(both.source_ips[0].length, 16);
+        let disjoint = &all.authorizations["a/disjoint"].rules[0].clauses[0].matches[0];
+        assert!(disjoint.source_ips.is_empty());
+        assert!(
+            disjoint.not_source_ips.iter().any(|a| a.length == 0),
+            "no address is in both: nothing matches: {disjoint:?}"
+        );
+    }
+
+    #[test]
     fn peer_authentication_precedence() {
         let pa = |name: &str, ns: &str, spec: &str| {
             format!(

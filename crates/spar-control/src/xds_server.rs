@@ -213,7 +213,8 @@ impl Connection {
     }
 
     async fn push_all(&mut self, snap: &Snapshot) -> Result<(), ()> {
-        let types: Vec<String> = self.types.keys().cloned().collect();
+        let mut types: Vec<String> = self.types.keys().cloned().collect();
+        types.sort_by_key(|t| push_order(t));
         for t in types {
             self.push(&t, snap, false).await?;
         }
@@ -251,6 +252,17 @@ impl Connection {
             removed_resources: delta.removed,
         };
         self.tx.send(Ok(resp)).await.map_err(|_| ())
+    }
+}
+
+/// Policies go out before the addresses they protect: a proxy applies each response as it
+/// comes, so a pod that appears in this push is never served before its policies arrive.
+fn push_order(type_url: &str) -> u8 {
+    match type_url {
+        AUTHORIZATION_TYPE | POLICY_TYPE => 0,
+        L7_TYPE | TELEMETRY_TYPE => 1,
+        ADDRESS_TYPE => 2,
+        _ => 3,
     }
 }
 

@@ -282,3 +282,50 @@ async fn reconnect_with_initial_versions_gets_only_changes() {
         "{again:?}"
     );
 }
+
+/// A pod and the policy that selects it arrive in one change: the policy is pushed first,
+/// so the proxy never holds the pod without its policy.
+#[tokio::test]
+async fn policies_are_pushed_before_the_pods_they_protect() {
+    let state = tempfile::tempdir().expect("tmp");
+    let cfg = tempfile::tempdir().expect("tmp");
+    std::fs::write(cfg.path().join("mesh.yaml"), common::TOPOLOGY).expect("write");
+    let running = common::start(state.path(), Some(cfg.path())).await;
+    let token = running
+        .tokens
+        .mint(
+            Subject::Node {
+                name: "node-1".into(),
+            },
+            Duration::from_secs(300),
+        )
+        .expect("token");
+    let mut c = Client::connect(&running, &token).await.expect("connect");
+    for (i, t) in [ADDRESS_TYPE, AUTHORIZATION_TYPE].into_iter().enumerate() {
+        c.send(DeltaDiscoveryRequest {
+            node: (i == 0).then(|| Node {
+                id: "ztunnel~10.1.0.1~ztunnel-1.istio-system~istio-system.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            type_url: t.into(),
+            ..Default::default()
+        })
+        .await;
+    }
+    for _ in 0..2 {
+        let r = c.recv(Duration::from_secs(5)).await;
+        c.ack(&r).await;
+    }
+    let change = "apiVersion: v1\nkind: Pod\nmetadata: {name: api-1, namespace: shop, labels: {app: api}}\nspec: {serviceAccountName: api, nodeName: node-1, containers: [{name: api, command: [x]}]}\nstatus: {podIP: 10.1.1.6}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: api-deny, namespace: shop}\nspec: {selector: {matchLabels: {app: api}}, action: DENY, rules: [{from: [{source: {namespaces: [other]}}]}]}\n";
+    std::fs::write(cfg.path().join("api.yaml"), change).expect("write");
+    let first = c.recv(Duration::from_secs(2)).await;
+    assert_eq!(
+        (first.type_url.as_str(), names(&first)),
+        (AUTHORIZATION_TYPE, vec!["shop/api-deny".to_string()]),
+        "the policy first"
+    );
+    c.ack(&first).await;
+    let second = c.recv(Duration::from_secs(2)).await;
+    assert_eq!(second.type_url, ADDRESS_TYPE);
+    assert!(names(&second).contains(&"Kubernetes//Pod/shop/api-1".to_string()));
+}

@@ -208,22 +208,30 @@ fn random_serial() -> Result<SerialNumber, Error> {
 }
 
 /// Write a private key readable by its owner only.
+/// Write a key owner-only: into a new file created 0600 beside `path`, then renamed over it,
+/// so an existing file's looser mode never carries over and a reader never sees half a key.
 fn write_private(path: &Path, pem: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| Error::Write {
-            path: path.into(),
-            source,
-        })?;
-    f.write_all(pem.as_bytes()).map_err(|source| Error::Write {
+    let werr = |source| Error::Write {
         path: path.into(),
         source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(werr)?;
+    f.write_all(pem.as_bytes()).map_err(werr)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        werr(e)
     })
 }
 
@@ -248,6 +256,19 @@ pub fn make_csr(identity: Option<&Identity>) -> Result<(String, String), Error> 
 mod tests {
     use super::*;
     use x509_parser::prelude::*;
+
+    #[test]
+    fn a_private_file_is_owner_only_even_over_a_readable_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key.pem");
+        fs::write(&path, "old").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private_file(&path, "new").expect("write");
+        let meta = fs::metadata(&path).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&path).expect("read"), "new");
+    }
 
     fn ca() -> (tempfile::TempDir, CertificateAuthority) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,4 +1,4 @@
-//! A JWT issuer for RequestAuthentication: a signing key (ES256 or RS256), the JWKS that
+//! A JWT issuer for RequestAuthentication: a signing key (ES256, RS256 or PS256), the JWKS that
 //! publishes its public half, and signed tokens. `spar jwt` uses it, so Istio's JWT tasks run
 //! without fetching Istio's demo keys from the internet; tests use it to mint tokens.
 
@@ -27,23 +27,36 @@ fn bad(reason: impl std::fmt::Display) -> Error {
 }
 
 impl JwtIssuer {
-    /// A new key: `alg` is `ES256` or `RS256`.
+    /// A new key: `alg` is `ES256`, `RS256` or `PS256`.
     pub fn generate(alg: &str, kid: &str) -> Result<JwtIssuer, Error> {
         let key = match alg {
             "ES256" => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
-            "RS256" => KeyPair::generate_for(&PKCS_RSA_SHA256)?,
-            other => return Err(bad(format!("algorithm {other:?}: use ES256 or RS256"))),
+            // PS256 signs with the same kind of RSA key as RS256; only the padding differs.
+            "RS256" | "PS256" => KeyPair::generate_for(&PKCS_RSA_SHA256)?,
+            other => {
+                return Err(bad(format!(
+                    "algorithm {other:?}: use ES256, RS256 or PS256"
+                )));
+            }
         };
-        Self::from_key(&key, kid)
+        Self::from_key(&key, kid, Some(alg))
     }
 
-    /// A key from its PKCS#8 PEM (what `private_pem` wrote).
+    /// A key from its PKCS#8 PEM (what `private_pem` wrote); an RSA key signs RS256.
     pub fn from_pem(pem: &str, kid: &str) -> Result<JwtIssuer, Error> {
-        Self::from_key(&KeyPair::from_pem(pem)?, kid)
+        Self::from_key(&KeyPair::from_pem(pem)?, kid, None)
     }
 
-    fn from_key(key: &KeyPair, kid: &str) -> Result<JwtIssuer, Error> {
+    /// A key from its PKCS#8 PEM for `alg`: the PEM alone cannot tell RS256 from PS256.
+    pub fn from_pem_with_alg(pem: &str, kid: &str, alg: &str) -> Result<JwtIssuer, Error> {
+        Self::from_key(&KeyPair::from_pem(pem)?, kid, Some(alg))
+    }
+
+    fn from_key(key: &KeyPair, kid: &str, want: Option<&str>) -> Result<JwtIssuer, Error> {
         let (alg, jwk) = if key.algorithm() == &PKCS_ECDSA_P256_SHA256 {
+            if let Some(a) = want.filter(|a| *a != "ES256") {
+                return Err(bad(format!("a P-256 key signs ES256, not {a}")));
+            }
             let raw = key.public_key_raw();
             if raw.len() != 65 || raw[0] != 4 {
                 return Err(bad("not an uncompressed P-256 point"));
@@ -54,6 +67,13 @@ impl JwtIssuer {
                     "kid": kid, "alg": "ES256", "use": "sig"}),
             )
         } else if key.algorithm() == &PKCS_RSA_SHA256 {
+            let (alg, name) = match want {
+                None | Some("RS256") => (Algorithm::RS256, "RS256"),
+                Some("PS256") => (Algorithm::PS256, "PS256"),
+                Some(other) => {
+                    return Err(bad(format!("an RSA key signs RS256 or PS256, not {other}")));
+                }
+            };
             use x509_parser::prelude::FromDer;
             use x509_parser::public_key::PublicKey;
             let der = rcgen::PublicKeyData::subject_public_key_info(key);
@@ -66,12 +86,12 @@ impl JwtIssuer {
                 b64(&b[i..])
             };
             (
-                Algorithm::RS256,
+                alg,
                 serde_json::json!({"kty": "RSA", "n": trim(rsa.modulus), "e": trim(rsa.exponent),
-                    "kid": kid, "alg": "RS256", "use": "sig"}),
+                    "kid": kid, "alg": name, "use": "sig"}),
             )
         } else {
-            return Err(bad("use an ES256 (P-256) or RS256 key"));
+            return Err(bad("use a P-256 (ES256) or RSA (RS256, PS256) key"));
         };
         Ok(JwtIssuer {
             kid: kid.to_string(),
@@ -110,7 +130,7 @@ mod tests {
 
     #[test]
     fn tokens_verify_against_the_published_jwks() {
-        for alg in ["ES256", "RS256"] {
+        for alg in ["ES256", "RS256", "PS256"] {
             let iss = JwtIssuer::generate(alg, "k1").expect("key");
             let exp = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -127,8 +147,29 @@ mod tests {
             let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v)
                 .unwrap_or_else(|e| panic!("{alg}: {e}"));
             assert_eq!(data.claims["sub"], "you");
-            let again = JwtIssuer::from_pem(iss.private_pem(), "k1").expect("reload");
+            let want: Algorithm = alg.parse().expect("algorithm");
+            assert_eq!(iss.alg, want);
+            let header = jsonwebtoken::decode_header(&token).expect("header");
+            assert_eq!(header.alg, want, "the header names the algorithm");
+            assert_eq!(
+                set.keys[0].common.key_algorithm,
+                Some(want.into()),
+                "{alg}: the JWK names it too"
+            );
+            let again = JwtIssuer::from_pem_with_alg(iss.private_pem(), "k1", alg).expect("reload");
             assert_eq!(again.jwks(), iss.jwks(), "{alg}: the same key from its PEM");
         }
+    }
+
+    #[test]
+    fn algorithms_must_fit_the_key() {
+        assert!(JwtIssuer::generate("HS256", "k1").is_err());
+        let ec = JwtIssuer::generate("ES256", "k1").expect("key");
+        assert!(JwtIssuer::from_pem_with_alg(ec.private_pem(), "k1", "PS256").is_err());
+        let rsa = JwtIssuer::generate("PS256", "k1").expect("key");
+        assert!(JwtIssuer::from_pem_with_alg(rsa.private_pem(), "k1", "ES256").is_err());
+        // Without a hint an RSA key signs RS256, as before.
+        let rs = JwtIssuer::from_pem(rsa.private_pem(), "k1").expect("key");
+        assert_eq!(rs.alg, Algorithm::RS256);
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod mesh;
 pub mod networking;
+pub mod pattern;
 pub mod security;
 pub mod telemetry;

@@ -12,6 +12,25 @@ use crate::problem::Issue;
 use crate::resource::{Kind, Resource, Spec};
 
 /// Every issue found in `r`.
+/// A DNS-1123 subdomain, as Kubernetes object names are (pods, service accounts): lower-case
+/// letters, digits, `-` and `.`, alphanumeric at both ends, at most 253 characters. The CA
+/// signs identities only for such names.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A DNS-1123 label, as namespace names are: a subdomain without dots, at most 63
+/// characters.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
+}
+
 pub fn validate(r: &Resource) -> Vec<Issue> {
     let mut v = Checker::default();
     v.name("metadata.name", &r.meta.name);
@@ -97,14 +116,7 @@ impl Checker {
 
     /// Kubernetes object names: DNS-1123 subdomain.
     fn name(&mut self, path: &str, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !ok {
+        if !is_dns_subdomain(name) {
             self.err(
                 path,
                 format!(
@@ -359,6 +371,103 @@ mod tests {
                 "expected issue at {path}, got {found:?}"
             );
         }
+    }
+
+    /// What the proxy's policy engine could not evaluate is refused here, by field, so a
+    /// policy never reaches a proxy with a condition it would drop.
+    #[test]
+    fn security_fields_the_engine_cannot_evaluate_are_errors() {
+        let ap = |spec: Value| {
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p"}, "spec": spec})
+        };
+        let ra = |rule: Value| {
+            json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                "metadata": {"name": "j"}, "spec": {"jwtRules": [rule]}})
+        };
+        let cases = [
+            (
+                ap(json!({"rules": [{"when": [{"key": "destination.port", "values": ["http"]}]}]})),
+                "spec.rules[0].when[0].values[0]",
+            ),
+            (
+                ap(json!({"rules": [{"from": [{"source": {"serviceAccounts": ["sleep"]}}]}]})),
+                "spec.rules[0].from[0].source.serviceAccounts[0]",
+            ),
+            (
+                ap(json!({"rules": [{"to": [{"operation": {"paths": ["/a/{**}/b"]}}]}]})),
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                ap(json!({"rules": [{"to": [{"operation": {"notPaths": ["/a/x{*}"]}}]}]})),
+                "spec.rules[0].to[0].operation.notPaths[0]",
+            ),
+            (
+                ap(
+                    json!({"rules": [{"when": [{"key": "request.headers[x y]", "values": ["1"]}]}]}),
+                ),
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                ap(
+                    json!({"action": "DENY", "rules": [{"when": [{"key": "connection.sni", "values": ["a"]}]}]}),
+                ),
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                ap(
+                    json!({"rules": [{"when": [{"key": "experimental.envoy.filters.network.mysql_proxy[db.table]", "values": ["[update]"]}]}]}),
+                ),
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                ap(json!({"rules": [{"when": [{"key": "request.auth.claims", "values": ["x"]}]}]})),
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                ra(json!({"issuer": "i", "jwks": "not json"})),
+                "spec.jwtRules[0].jwks",
+            ),
+            (
+                ra(json!({"issuer": "i", "jwksUri": "file:///etc/keys"})),
+                "spec.jwtRules[0].jwksUri",
+            ),
+            (
+                ra(json!({"issuer": "i", "fromHeaders": [{"name": "bad header"}]})),
+                "spec.jwtRules[0].fromHeaders[0].name",
+            ),
+            (
+                ra(
+                    json!({"issuer": "i", "outputClaimToHeaders": [{"header": "", "claim": "sub"}]}),
+                ),
+                "spec.jwtRules[0].outputClaimToHeaders[0].header",
+            ),
+        ];
+        for (v, path) in cases {
+            let found = issues(v.clone());
+            assert!(
+                found.iter().any(|(p, _)| p == path),
+                "expected issue at {path} for {v}, got {found:?}"
+            );
+        }
+        let fine = ap(
+            json!({"rules": [{"from": [{"source": {"serviceAccounts": ["ns/sa"]}}],
+            "to": [{"operation": {"paths": ["/api/{*}/items/{**}"]}}],
+            "when": [{"key": "request.headers[x-token]", "values": ["a"]},
+                     {"key": "request.auth.claims[groups]", "values": ["g"]}]}]}),
+        );
+        assert!(issues(fine).is_empty());
+        let targeted = decode(&ap(
+            json!({"targetRefs": [{"kind": "Service", "group": "", "name": "web"}]}),
+        ))
+        .expect("decodes");
+        let found = validate(&targeted);
+        assert!(
+            found.iter().any(|i| i.path == "spec.targetRefs"
+                && i.severity == crate::problem::Severity::Warning
+                && i.message.contains("not enforced")),
+            "accepted but not enforced is said by name: {found:?}"
+        );
     }
 
     #[test]

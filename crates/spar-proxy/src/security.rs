@@ -24,6 +24,21 @@ pub enum Compiled {
         provider: Option<Box<ext_authz::Provider>>,
     },
     Authn(Vec<jwt::Rule>),
+    /// A policy this proxy could not compile (`namespace/name`, why): it denies every
+    /// request and connection until a good version arrives, so a policy the proxy cannot
+    /// read never leaves the workload more open than the operator asked.
+    Invalid {
+        name: String,
+        reason: String,
+    },
+}
+
+/// What a policy that does not compile becomes.
+pub fn invalid(w: &Wire, e: &Error) -> Compiled {
+    Compiled::Invalid {
+        name: format!("{}/{}", w.namespace, w.name),
+        reason: e.to_string(),
+    }
 }
 
 /// Compile a `spar.l7.v1.Policy`; an error names the resource and field.
@@ -80,6 +95,12 @@ impl Config {
                     c.authz.push(policy.clone());
                 }
                 Compiled::Authn(rules) => c.jwt.extend(rules.iter().cloned()),
+                Compiled::Invalid { name, .. } => c.authz.push(authz::Policy {
+                    name: name.clone(),
+                    action: authz::Action::Deny,
+                    // One empty rule matches everything.
+                    rules: vec![authz::Rule::default()],
+                }),
             }
         }
         c

@@ -127,7 +127,7 @@ async fn session(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
     {
         let ack = match apply(held, &resp) {
-            Ok(()) => {
+            Ok(problems) => {
                 held.seen.insert(resp.type_url.clone());
                 // Nothing is served before every subscribed type has arrived: a pod must
                 // never be served in a window without its policies.
@@ -144,24 +144,21 @@ async fn session(
                     state.store(Arc::new(next));
                     let _ = changed.send(*generation);
                 }
-                DeltaDiscoveryRequest {
-                    type_url: resp.type_url.clone(),
-                    response_nonce: resp.nonce.clone(),
-                    ..Default::default()
+                if problems.is_empty() {
+                    DeltaDiscoveryRequest {
+                        type_url: resp.type_url.clone(),
+                        response_nonce: resp.nonce.clone(),
+                        ..Default::default()
+                    }
+                } else {
+                    let e = problems.join("; ");
+                    tracing::warn!(type_url = %resp.type_url, error = %e, "policies this proxy cannot compile deny everything until fixed (NACK)");
+                    nack(&resp, e)
                 }
             }
             Err(e) => {
                 tracing::warn!(type_url = %resp.type_url, error = %e, "rejecting config (NACK); keeping the last good one");
-                DeltaDiscoveryRequest {
-                    type_url: resp.type_url.clone(),
-                    response_nonce: resp.nonce.clone(),
-                    error_detail: Some(RpcStatus {
-                        code: 3,
-                        message: e,
-                        details: vec![],
-                    }),
-                    ..Default::default()
-                }
+                nack(&resp, e)
             }
         };
         tx.send(ack).await.map_err(|e| e.to_string())?;
@@ -169,8 +166,25 @@ async fn session(
     Ok(())
 }
 
+fn nack(resp: &DeltaDiscoveryResponse, message: String) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message,
+            details: vec![],
+        }),
+        ..Default::default()
+    }
+}
+
 /// Apply one response, all or nothing: a resource that does not decode rejects the response.
-fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
+/// Security policies are the exception: keeping the last good version of a policy that no
+/// longer compiles could leave a new DENY unenforced, so such a policy is applied as
+/// deny-everything and reported (`Ok` with problems: applied, but NACKed).
+fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<Vec<String>, String> {
+    let mut problems = Vec::new();
     let mut workloads = Vec::new();
     let mut services = Vec::new();
     let mut policies = Vec::new();
@@ -205,7 +219,10 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
             POLICY_TYPE => {
                 let p = spar_xds::l7::Policy::decode(body.value.as_slice())
                     .map_err(|e| format!("{}: {e}", r.name))?;
-                let compiled = crate::security::compile(&p).map_err(|e| e.to_string())?;
+                let compiled = crate::security::compile(&p).unwrap_or_else(|e| {
+                    problems.push(e.to_string());
+                    crate::security::invalid(&p, &e)
+                });
                 security.push((r.name.clone(), Arc::new(compiled)));
             }
             TELEMETRY_TYPE => {
@@ -246,7 +263,7 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<(), String> {
     if telemetry.is_some() {
         held.telemetry = telemetry;
     }
-    Ok(())
+    Ok(problems)
 }
 
 #[cfg(test)]
@@ -327,5 +344,57 @@ mod tests {
         };
         apply(&mut held, &removed).expect("ACK");
         assert_eq!(held.telemetry, None, "removed: back to no access logs");
+    }
+
+    #[test]
+    fn a_policy_that_does_not_compile_denies_everything_and_is_reported() {
+        let mut held = Held::default();
+        let policy = |spec: &str| spar_xds::l7::Policy {
+            namespace: "ns".into(),
+            name: "deny-admin".into(),
+            kind: "AuthorizationPolicy".into(),
+            spec: spec.into(),
+            ..Default::default()
+        };
+        let resp = |p: &spar_xds::l7::Policy| DeltaDiscoveryResponse {
+            type_url: POLICY_TYPE.into(),
+            nonce: "1".into(),
+            resources: vec![Resource {
+                version: "v".into(),
+                name: "AuthorizationPolicy/ns/deny-admin".into(),
+                resource: Some(spar_xds::to_any(POLICY_TYPE, p)),
+                aliases: vec![],
+            }],
+            ..Default::default()
+        };
+        // A path template the engine cannot read.
+        let bad =
+            policy(r#"{"action":"DENY","rules":[{"to":[{"operation":{"paths":["/a/{**}/b"]}}]}]}"#);
+        let problems = apply(&mut held, &resp(&bad)).expect("applied");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("deny-admin"), "{problems:?}");
+        let config = crate::security::Config::build(held.security.values().map(|c| &**c));
+        let facts = crate::security::authz::Facts {
+            source_ip: [10, 0, 0, 1].into(),
+            remote_ip: [10, 0, 0, 1].into(),
+            principal: Some("cluster.local/ns/ns/sa/client"),
+            namespace: Some("ns"),
+            dest_ip: [10, 0, 0, 2].into(),
+            dest_port: 9080,
+            sni: None,
+            http: None,
+        };
+        let v = crate::security::authz::evaluate(config.authz.iter(), &facts);
+        assert!(
+            matches!(v.decision, crate::security::authz::Decision::Deny { .. }),
+            "a policy that does not compile fails closed: {v:?}"
+        );
+        // A good version replaces it.
+        let good =
+            policy(r#"{"action":"DENY","rules":[{"from":[{"source":{"namespaces":["other"]}}]}]}"#);
+        assert!(apply(&mut held, &resp(&good)).expect("applied").is_empty());
+        let config = crate::security::Config::build(held.security.values().map(|c| &**c));
+        let v = crate::security::authz::evaluate(config.authz.iter(), &facts);
+        assert_eq!(v.decision, crate::security::authz::Decision::Allow);
     }
 }

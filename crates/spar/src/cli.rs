@@ -3,6 +3,7 @@
 mod admin_client;
 mod control;
 mod echo;
+mod jwt;
 mod mesh;
 mod proxy;
 mod validate;
@@ -58,6 +59,9 @@ enum Command {
     /// The test workload: echo server, load client, TCP and server-first exchanges.
     #[command(subcommand)]
     Echo(echo::EchoCommand),
+    /// A local JWT issuer for RequestAuthentication: signing keys, their JWKS, tokens.
+    #[command(subcommand)]
+    Jwt(jwt::JwtCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => admin_client::apply(&args, "/apply"),
         Command::Delete(args) => admin_client::apply(&args, "/delete"),
         Command::Echo(cmd) => echo::run(cmd),
+        Command::Jwt(cmd) => jwt::run(cmd),
         Command::Proxy(cmd) => proxy::run(*cmd),
         Command::Up(args) => mesh::up(args),
         Command::Down(args) => mesh::down(args),

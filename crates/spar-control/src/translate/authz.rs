@@ -12,8 +12,10 @@ use spar_xds::security::{self as xsec, string_match::MatchType};
 use crate::registry::{Pod, Registry};
 
 /// An AuthorizationPolicy as an L4 Authorization for node proxies, or None when it does not
-/// apply at L4: AUDIT (logging only), CUSTOM (needs an L7 proxy) and targetRef policies
-/// (bound to a waypoint or gateway).
+/// apply at L4: AUDIT (logging only) and targetRef policies (bound to a waypoint or
+/// gateway). CUSTOM needs an L7 proxy to ask its ext_authz provider; a node proxy cannot, so
+/// it fails closed: the policy's rules become a DENY (its L4 part alone, so it denies more,
+/// never less), where Istio's ztunnel would let the traffic through unchecked.
 pub fn authorization(
     reg: &Registry,
     r: &Resource,
@@ -24,7 +26,7 @@ pub fn authorization(
     }
     let action = match ap.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => xsec::Action::Allow,
-        "DENY" => xsec::Action::Deny,
+        "DENY" | "CUSTOM" => xsec::Action::Deny,
         _ => return None,
     };
     let scope = if ap.selector.is_some() {
@@ -79,9 +81,7 @@ fn l4_rule(rule: &ApRule, action: xsec::Action) -> Option<xsec::Rule> {
                     not_namespaces: s.not_namespaces.iter().map(|n| sm(n)).collect(),
                     principals,
                     not_principals,
-                    source_ips: cidrs(s.ip_blocks.iter().chain(&s.remote_ip_blocks)),
-                    not_source_ips: cidrs(s.not_ip_blocks.iter().chain(&s.not_remote_ip_blocks)),
-                    ..Default::default()
+                    ..source_ips(s)
                 }
             })
             .collect();
@@ -156,6 +156,59 @@ fn l4_rule(rule: &ApRule, action: xsec::Action) -> Option<xsec::Rule> {
         return None;
     }
     Some(xsec::Rule { clauses })
+}
+
+/// A source's `ipBlocks` and `remoteIpBlocks` at L4, where the remote address is the peer's:
+/// both must match when both are set, so the allowed set is their intersection (CIDR blocks
+/// nest or are disjoint); an empty intersection matches nothing. The `not` lists are one
+/// union.
+fn source_ips(s: &spar_model::istio::security::Source) -> xsec::Match {
+    let parse = |list: &Vec<String>| -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|s| {
+                s.parse()
+                    .ok()
+                    .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+            })
+            .collect()
+    };
+    let (a, b) = (parse(&s.ip_blocks), parse(&s.remote_ip_blocks));
+    let allowed: Vec<IpNet> = match (a.is_empty(), b.is_empty()) {
+        (_, true) => a,
+        (true, false) => b,
+        (false, false) => a
+            .iter()
+            .flat_map(|x| {
+                b.iter().filter_map(move |y| {
+                    if x.contains(y) {
+                        Some(*y)
+                    } else if y.contains(x) {
+                        Some(*x)
+                    } else {
+                        None
+                    }
+                })
+            })
+            .collect(),
+    };
+    let mut not_source_ips = cidrs(s.not_ip_blocks.iter().chain(&s.not_remote_ip_blocks));
+    let both_set = !s.ip_blocks.is_empty() && !s.remote_ip_blocks.is_empty();
+    if both_set && allowed.is_empty() {
+        for all in ["0.0.0.0/0", "::/0"] {
+            not_source_ips.extend(cidrs(std::iter::once(&all.to_string())));
+        }
+    }
+    xsec::Match {
+        source_ips: allowed
+            .iter()
+            .map(|n| xsec::Address {
+                address: spar_xds::ip_bytes(n.network()),
+                length: u32::from(n.prefix_len()),
+            })
+            .collect(),
+        not_source_ips,
+        ..Default::default()
+    }
 }
 
 /// Istio's string match syntax: `*` any value present, `abc*` prefix, `*abc` suffix.

@@ -14,7 +14,8 @@ use spar_xds::l7 as xl7;
 
 use crate::registry::{Pod, Registry};
 
-/// The mesh config: the root namespace's `istio` ConfigMap (empty when there is none).
+/// The mesh config: the root namespace's `istio` ConfigMap, else the `--mesh-config` file
+/// (empty when there is neither).
 pub fn mesh_config(reg: &Registry) -> MeshConfig {
     reg.of_kind(Kind::ConfigMap)
         .find(|r| r.namespace() == reg.mesh.root_namespace && r.name() == mesh::CONFIGMAP)
@@ -22,6 +23,7 @@ pub fn mesh_config(reg: &Registry) -> MeshConfig {
             Spec::ConfigMap(data) => data.get(mesh::KEY).cloned(),
             _ => None,
         })
+        .or_else(|| reg.mesh.mesh_config.clone())
         .and_then(|t| MeshConfig::parse(&t).ok())
         .unwrap_or_default()
 }

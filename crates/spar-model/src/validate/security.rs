@@ -2,7 +2,15 @@
 //! RequestAuthentication.
 
 use super::Checker;
+use crate::istio::pattern::PathPattern;
 use crate::istio::security as sec;
+
+/// An HTTP header name (RFC 9110 token), as the proxy will need it.
+fn header_name_ok(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
 
 impl Checker {
     pub(super) fn authorization_policy(&mut self, s: &sec::AuthorizationPolicy) {
@@ -27,6 +35,12 @@ impl Checker {
                 "selector and targetRef(s) are mutually exclusive",
             );
         }
+        if targeted {
+            self.warn(
+                "spec.targetRefs",
+                "binds the policy to a waypoint or gateway, which spar does not run yet: not enforced",
+            );
+        }
         for (i, rule) in s.rules.iter().enumerate() {
             let p = format!("spec.rules[{i}]");
             for (j, f) in rule.from.iter().enumerate() {
@@ -43,6 +57,22 @@ impl Checker {
                     }
                 }
                 for (field, list) in [
+                    ("serviceAccounts", &src.service_accounts),
+                    ("notServiceAccounts", &src.not_service_accounts),
+                ] {
+                    for (k, v) in list.iter().enumerate() {
+                        let ok = v.split_once('/').is_some_and(|(ns, sa)| {
+                            !ns.is_empty() && !sa.is_empty() && !sa.contains('/')
+                        });
+                        if !ok {
+                            self.err(
+                                format!("{sp}.{field}[{k}]"),
+                                format!("{v:?} is not namespace/serviceaccount"),
+                            );
+                        }
+                    }
+                }
+                for (field, list) in [
                     ("principals", &src.principals),
                     ("notPrincipals", &src.not_principals),
                 ] {
@@ -55,6 +85,13 @@ impl Checker {
             }
             for (j, t) in rule.to.iter().enumerate() {
                 let op = &t.operation;
+                for (field, list) in [("paths", &op.paths), ("notPaths", &op.not_paths)] {
+                    for (k, path) in list.iter().enumerate() {
+                        if let Err(e) = PathPattern::parse(path) {
+                            self.err(format!("{p}.to[{j}].operation.{field}[{k}]"), e);
+                        }
+                    }
+                }
                 for (field, list) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
                     for (k, port) in list.iter().enumerate() {
                         match port.parse::<u32>() {
@@ -97,6 +134,22 @@ impl Checker {
                 }
                 if c.values.is_empty() && c.not_values.is_empty() {
                     self.err(&cp, "set values or notValues");
+                }
+                if let Some(h) = c
+                    .key
+                    .strip_prefix("request.headers[")
+                    .and_then(|h| h.strip_suffix(']'))
+                    && !header_name_ok(h)
+                {
+                    self.err(format!("{cp}.key"), format!("{h:?} is not a header name"));
+                }
+                if c.key == "connection.sni" {
+                    // Mesh traffic arrives over HBONE, which carries no SNI: a rule on it
+                    // could never match, so a DENY on it would silently deny nothing.
+                    self.err(
+                        format!("{cp}.key"),
+                        "connection.sni is not supported by spar (HBONE connections carry no SNI)",
+                    );
                 }
                 if c.key == "destination.port" {
                     for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
@@ -226,6 +279,57 @@ impl Checker {
                 );
             }
             self.duration(format!("spec.jwtRules[{i}].timeout"), &r.timeout);
+            if let Some(text) = &r.jwks {
+                let keys = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("keys").map(|k| k.is_array()));
+                if keys != Some(true) {
+                    self.err(
+                        format!("spec.jwtRules[{i}].jwks"),
+                        "not a JWKS (a JSON object with a \"keys\" list)",
+                    );
+                }
+            }
+            if let Some(uri) = &r.jwks_uri
+                && !(uri.starts_with("http://") || uri.starts_with("https://"))
+            {
+                self.err(
+                    format!("spec.jwtRules[{i}].jwksUri"),
+                    format!("{uri:?} is not an http:// or https:// URL"),
+                );
+            }
+            for (j, h) in r.from_headers.iter().enumerate() {
+                if !header_name_ok(&h.name) {
+                    self.err(
+                        format!("spec.jwtRules[{i}].fromHeaders[{j}].name"),
+                        format!("{:?} is not a header name", h.name),
+                    );
+                }
+            }
+            let outputs = r
+                .output_payload_to_header
+                .iter()
+                .map(|h| ("outputPayloadToHeader".to_string(), h))
+                .chain(
+                    r.output_claim_to_headers
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| (format!("outputClaimToHeaders[{j}].header"), &c.header)),
+                );
+            for (field, h) in outputs {
+                if !header_name_ok(h) {
+                    self.err(
+                        format!("spec.jwtRules[{i}].{field}"),
+                        format!("{h:?} is not a header name"),
+                    );
+                }
+            }
+            if r.timeout.is_some() {
+                self.warn(
+                    format!("spec.jwtRules[{i}].timeout"),
+                    "the control plane fetches jwksUri with its own timeout; not acted on",
+                );
+            }
         }
     }
 }

@@ -175,6 +175,9 @@ pub struct Admitted {
     /// The caller as a workload of the mesh, when its address is one.
     pub source: Option<Arc<WorkloadInfo>>,
     pub mtls: bool,
+    /// The destination's Service when the target port is declared HTTP: decided here, with
+    /// the policy check, so the request path and the authorization never disagree.
+    pub http_service: Option<ServiceKey>,
 }
 
 /// Why an inbound connection is refused, with the HBONE status that says so.
@@ -217,7 +220,8 @@ pub fn plan_inbound(
     let (src_principal, src_namespace) = a.peer_identity.map(principal).unwrap_or_default();
     // A sidecar's AuthorizationPolicies on a port that is not HTTP: decided per connection,
     // with TCP semantics (requests on HTTP ports are decided one by one in `l7::authorize`).
-    if !snap.security.authz.is_empty() && dst.http_service(target.port()).is_none() {
+    let http_service = dst.http_service(target.port());
+    if !snap.security.authz.is_empty() && http_service.is_none() {
         let facts = Facts {
             source_ip: a.peer.ip(),
             remote_ip: a.peer.ip(),
@@ -258,6 +262,7 @@ pub fn plan_inbound(
         peer_identity: a.peer_identity.map(str::to_string),
         source: snap.by_ip.get(&a.peer.ip()).cloned(),
         mtls: a.peer_identity.is_some(),
+        http_service,
     })
 }
 

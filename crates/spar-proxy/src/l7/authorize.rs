@@ -85,7 +85,9 @@ pub async fn authorize(
             }
         }
     };
-    // The facts, from the verified peer and the request head.
+    // The facts, from the verified peer and the request head. The path is normalized
+    // once, and the request goes on with that path, so the application serves exactly
+    // the path the policies saw.
     let (peer_principal, namespace) = cx
         .conn
         .peer_identity
@@ -93,6 +95,9 @@ pub async fn authorize(
         .map(principal)
         .unwrap_or_default();
     let path = normalize_path(parts.uri.path());
+    if path != parts.uri.path() {
+        set_path(parts, &path);
+    }
     let host = parts
         .headers
         .get(header::HOST)
@@ -100,30 +105,34 @@ pub async fn authorize(
         .or(parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
         .to_string();
-    let facts = Facts {
-        source_ip: cx.conn.peer.ip(),
-        remote_ip: cx.conn.peer.ip(),
-        principal: peer_principal.as_deref(),
-        namespace: namespace.as_deref(),
-        dest_ip: cx.conn.target.ip(),
-        dest_port: cx.conn.target.port(),
-        sni: None,
-        http: Some(Http {
-            method: parts.method.as_str(),
-            path: &path,
-            host: &host,
-            headers: &parts.headers,
-            auth: auth.as_deref(),
-        }),
+    let method = parts.method.clone();
+    let judge = |headers: &http::HeaderMap| {
+        let facts = Facts {
+            source_ip: cx.conn.peer.ip(),
+            remote_ip: cx.conn.peer.ip(),
+            principal: peer_principal.as_deref(),
+            namespace: namespace.as_deref(),
+            dest_ip: cx.conn.target.ip(),
+            dest_port: cx.conn.target.port(),
+            sni: None,
+            http: Some(Http {
+                method: method.as_str(),
+                path: &path,
+                host: &host,
+                headers,
+                auth: auth.as_deref(),
+            }),
+        };
+        evaluate(sec.authz.iter(), &facts)
     };
-    let verdict = evaluate(sec.authz.iter(), &facts);
+    let mut verdict = judge(&parts.headers);
     for a in &verdict.audit {
         tracing::info!(target: "access", "audit policy={a} src={} method={} path={path}", cx.conn.peer, parts.method);
     }
     // 2. custom
     let mut downstream = Vec::new();
-    if let Some((policy, provider)) = &verdict.custom {
-        let checked = match sec.providers.get(provider) {
+    if let Some((policy, provider)) = verdict.custom.clone() {
+        let checked = match sec.providers.get(&provider) {
             Some(p) => check(cx, snap, p, parts, &host).await,
             None => {
                 tracing::warn!(%policy, %provider, "CUSTOM policy names a provider the mesh config lacks; denying");
@@ -159,6 +168,8 @@ pub async fn authorize(
                     parts.headers.insert(k, v);
                 }
                 downstream = d;
+                // As in Envoy, DENY and ALLOW see the headers ext_authz set.
+                verdict = judge(&parts.headers);
             }
         }
     }
@@ -173,6 +184,24 @@ pub async fn authorize(
         )),
     }
 }
+
+/// Replace the path of `parts`, keeping its query.
+fn set_path(parts: &mut http::request::Parts, path: &str) {
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut uri = parts.uri.clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+}
+
+/// The most of an ext_authz answer read: a check server's denial body is short.
+const CHECK_BODY_LIMIT: usize = 64 * 1024;
 
 /// Ask `p` about a request.
 async fn check(
@@ -258,7 +287,10 @@ async fn check(
     let call = async {
         let resp = cluster.pool.send(&dialer, &up, req).await.ok()?;
         let (head, body) = resp.into_parts();
-        let collected = body.collect().await.ok()?;
+        let collected = http_body_util::Limited::new(body, CHECK_BODY_LIMIT)
+            .collect()
+            .await
+            .ok()?;
         let trailers = collected.trailers().cloned();
         Some((head, trailers, collected.to_bytes()))
     };
@@ -268,7 +300,7 @@ async fn check(
     };
     match p.kind {
         Kind::Http => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
+            let text = String::from_utf8_lossy(&body).into_owned();
             ext_authz::http_answer(p, head.status.as_u16(), &head.headers, text)
         }
         Kind::Grpc => {

@@ -138,10 +138,7 @@ impl Deliver for SidecarRole {
     /// Ports the pod's Service declares HTTP get the L7 inbound path (destination metrics,
     /// XFCC); everything else is L4.
     async fn deliver(self: Arc<Self>, pod: Arc<Pod>, conn: Admitted, io: Arrived) {
-        let snap = self.proxy.snapshot.load_full();
-        let http = pod.current(&snap).http_service(conn.target.port());
-        drop(snap);
-        match http {
+        match conn.http_service.clone() {
             Some(service) => {
                 let ib = l7::inbound::Inbound::new(
                     self.proxy.clone(),

@@ -192,6 +192,13 @@ fn string_list(v: &serde_json::Value) -> Vec<String> {
 
 /// Verify `token` against `rule`'s keys.
 fn verify(rule: &Rule, token: &str) -> Result<serde_json::Value, String> {
+    if token.split('.').count() != 3 {
+        // Envoy's words, so users' scripts still match.
+        return Err(
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+                .into(),
+        );
+    }
     let header =
         jsonwebtoken::decode_header(token).map_err(|_| "Jwt verification fails".to_string())?;
     let candidates: Vec<&(Jwk, DecodingKey)> = match &header.kid {
@@ -215,6 +222,8 @@ fn verify(rule: &Rule, token: &str) -> Result<serde_json::Value, String> {
     let mut v = Validation::new(header.alg);
     v.set_issuer(&[&rule.issuer]);
     v.validate_nbf = true;
+    // As Envoy: a token without `exp` does not expire (it is checked when present).
+    v.required_spec_claims.remove("exp");
     if rule.audiences.is_empty() {
         v.validate_aud = false;
     } else {

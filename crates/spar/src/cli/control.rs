@@ -46,6 +46,11 @@ pub struct ControlArgs {
     /// Extra IP addresses proxies use to reach this control plane (server certificate SANs).
     #[arg(long = "san-ip")]
     san_ips: Vec<IpAddr>,
+    /// Istio's MeshConfig as a YAML file (what istiod reads from /etc/istio/config/mesh):
+    /// `extensionProviders` for CUSTOM authorization. An `istio` ConfigMap in the root
+    /// namespace overrides it.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -94,9 +99,14 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     opts.config_dir = args.config.clone();
     opts.grpc_addr = args.listen;
     opts.admin_addr = args.admin;
+    let mesh_config = match &args.mesh_config {
+        Some(path) => Some(read_mesh_config(path)?),
+        None => None,
+    };
     opts.mesh = MeshSettings {
         trust_domain: args.trust_domain.clone(),
         root_namespace: args.root_namespace.clone(),
+        mesh_config,
         ..MeshSettings::default()
     };
     opts.cert_ttl = args.cert_ttl;
@@ -116,6 +126,37 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// A MeshConfig file, checked as `spar validate` checks the `istio` ConfigMap: errors stop
+/// the start, warnings (fields Spar does not act on) are printed.
+fn read_mesh_config(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the mesh config {}", path.display()))?;
+    let as_configmap = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": spar_model::istio::mesh::CONFIGMAP, "namespace": "istio-system"},
+        "data": {spar_model::istio::mesh::KEY: text},
+    });
+    let r = spar_model::resource::decode(&as_configmap)
+        .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path, e.message))?;
+    let mut errors = Vec::new();
+    for i in spar_model::validate::validate(&r) {
+        let line = format!(
+            "{}: {}: {}",
+            path.display(),
+            i.path.trim_start_matches("data.mesh."),
+            i.message
+        );
+        match i.severity {
+            spar_model::Severity::Error => errors.push(line),
+            spar_model::Severity::Warning => eprintln!("warning: {line}"),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("the mesh config is invalid:\n{}", errors.join("\n"));
+    }
+    Ok(text)
 }
 
 /// Record where this control plane listens, so other commands (`spar apply`) find it.

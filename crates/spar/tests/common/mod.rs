@@ -14,6 +14,14 @@ pub fn spar(state: &Path, args: &[&str]) -> Output {
         .expect("spar runs")
 }
 
+/// `spar ARGS...` for commands that take no state directory (`spar jwt`, `spar validate`).
+pub fn spar_plain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spar"))
+        .args(args)
+        .output()
+        .expect("spar runs")
+}
+
 /// `spar exec -n NS POD -- CMD...`
 pub fn exec(state: &Path, ns: &str, pod: &str, cmd: &[&str]) -> Output {
     let s = state.to_str().expect("utf-8 path");
