@@ -83,11 +83,9 @@ pub fn authorize_identity(
                     "{id} is not in trust domain {td}"
                 )));
             }
-            let placed = reg.pods().any(|p| {
-                p.node() == Some(node.as_str())
-                    && p.namespace == id.namespace
-                    && p.service_account() == id.service_account
-            });
+            let placed = reg
+                .pods_on_node(node)
+                .any(|p| p.namespace == id.namespace && p.service_account() == id.service_account);
             if !placed {
                 return Err(Status::permission_denied(format!(
                     "node {node} runs no pod with service account {}/{}; it may not hold {id}",

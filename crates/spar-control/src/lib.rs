@@ -8,6 +8,7 @@ pub mod config;
 pub mod delta;
 pub mod error;
 pub mod jwks;
+pub mod pmap;
 pub mod registry;
 pub mod server;
 pub mod snapshot;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use spar_model::k8s::{IntOrString, ServiceSpec};
-use spar_model::{Kind, Resource, Spec, labels_match};
+use spar_model::{Kind, Resource, Spec};
 use spar_xds::security as xsec;
 use spar_xds::workload::{self as xw};
 
@@ -106,13 +106,10 @@ pub fn translate(reg: &Registry) -> Translated {
 
 /// The config of one proxy: all addresses, and the policies relevant to the pods it serves.
 pub fn proxy_config(reg: &Registry, all: &Translated, view: &ProxyView) -> ProxyConfig {
-    let served: Vec<Pod<'_>> = reg
-        .pods()
-        .filter(|p| match view {
-            ProxyView::Node(n) => p.node() == Some(n.as_str()),
-            ProxyView::Workload { namespace, name } => p.namespace == namespace && p.name == name,
-        })
-        .collect();
+    let served: Vec<Pod<'_>> = match view {
+        ProxyView::Node(n) => reg.pods_on_node(n).collect(),
+        ProxyView::Workload { namespace, name } => reg.pod(namespace, name).into_iter().collect(),
+    };
     let listed: BTreeSet<&String> = served
         .iter()
         .filter_map(|p| workload_of(all, reg, p))
@@ -164,38 +161,25 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
     let mode = reg.dataplane_mode(p);
     let label = |keys: &[&str]| keys.iter().find_map(|k| p.labels.get(*k).cloned());
     let mut services = BTreeMap::new();
-    for (r, spec) in reg.services() {
-        if reg
-            .endpoints(r, spec)
-            .any(|e| e.name == p.name && e.namespace == p.namespace)
-        {
-            let ports = spec
-                .ports
-                .iter()
-                .map(|sp| xw::Port {
-                    service_port: sp.port,
-                    target_port: target_port(p, sp.target_port.as_ref(), sp.port),
-                    app_protocol: app_protocol(sp.app_protocol.as_deref(), sp.name.as_deref())
-                        as i32,
-                })
-                .collect();
-            services.insert(
-                format!("{}/{}", r.namespace(), service_host(reg, r)),
-                xw::PortList { ports },
-            );
-        }
+    for (r, spec) in reg.services_selecting(p) {
+        let ports = spec
+            .ports
+            .iter()
+            .map(|sp| xw::Port {
+                service_port: sp.port,
+                target_port: target_port(p, sp.target_port.as_ref(), sp.port),
+                app_protocol: app_protocol(sp.app_protocol.as_deref(), sp.name.as_deref()) as i32,
+            })
+            .collect();
+        services.insert(
+            format!("{}/{}", r.namespace(), service_host(reg, r)),
+            xw::PortList { ports },
+        );
     }
     let authorization_policies = reg
-        .of_kind(Kind::AuthorizationPolicy)
-        .filter_map(|r| match &r.spec {
-            Spec::AuthorizationPolicy(ap) => ap.selector.as_ref().map(|s| (r, s)),
-            _ => None,
-        })
-        .filter(|(r, sel)| {
-            (r.namespace() == p.namespace || r.namespace() == reg.mesh.root_namespace)
-                && labels_match(&sel.match_labels, p.labels)
-        })
-        .map(|(r, _)| format!("{}/{}", r.namespace(), r.name()))
+        .policies_selecting(p)
+        .into_iter()
+        .map(|r| format!("{}/{}", r.namespace(), r.name()))
         .collect();
     xw::Workload {
         uid: workload_uid(reg, p),

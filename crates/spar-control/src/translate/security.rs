@@ -17,15 +17,18 @@ use crate::registry::{Pod, Registry};
 /// The mesh config: the root namespace's `istio` ConfigMap, else the `--mesh-config` file
 /// (empty when there is neither).
 pub fn mesh_config(reg: &Registry) -> MeshConfig {
-    reg.of_kind(Kind::ConfigMap)
-        .find(|r| r.namespace() == reg.mesh.root_namespace && r.name() == mesh::CONFIGMAP)
-        .and_then(|r| match &r.spec {
-            Spec::ConfigMap(data) => data.get(mesh::KEY).cloned(),
-            _ => None,
-        })
-        .or_else(|| reg.mesh.mesh_config.clone())
-        .and_then(|t| MeshConfig::parse(&t).ok())
-        .unwrap_or_default()
+    reg.get(&spar_model::ResourceKey {
+        kind: Kind::ConfigMap,
+        namespace: reg.mesh.root_namespace.clone(),
+        name: mesh::CONFIGMAP.to_string(),
+    })
+    .and_then(|r| match &r.spec {
+        Spec::ConfigMap(data) => data.get(mesh::KEY).cloned(),
+        _ => None,
+    })
+    .or_else(|| reg.mesh.mesh_config.clone())
+    .and_then(|t| MeshConfig::parse(&t).ok())
+    .unwrap_or_default()
 }
 
 fn applies(
