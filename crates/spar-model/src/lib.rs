@@ -14,7 +14,7 @@ pub mod resource;
 pub mod validate;
 pub mod yaml;
 
-pub use load::{Loaded, Origin, load_paths, load_str};
+pub use load::{Limits, Loaded, Origin, load_paths, load_str};
 pub use meta::{Labels, ObjectMeta, labels_match};
 pub use problem::{Problem, Severity};
 pub use resource::{Kind, Resource, ResourceKey, Spec};

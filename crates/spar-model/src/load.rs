@@ -7,7 +7,66 @@ use std::path::{Path, PathBuf};
 use crate::problem::{Problem, Severity};
 use crate::resource::{Resource, ResourceKey, decode};
 use crate::validate::validate;
-use crate::yaml::parse_documents;
+use crate::yaml::parse_documents_within;
+
+/// How much one file may hold. YAML parsers bound their input so that a hostile file cannot
+/// take the process down; a mesh's config directory is trusted but large (a file of 100,000
+/// pods is normal at scale), so the bounds are generous and can be raised from the
+/// environment of the process that loads (`spar control`, `spar validate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// YAML documents in one file (`SPAR_MAX_DOCUMENTS_PER_FILE`).
+    pub documents_per_file: usize,
+    /// YAML nodes (maps, lists, scalars) in one file, all documents together
+    /// (`SPAR_MAX_NODES_PER_FILE`).
+    pub nodes_per_file: usize,
+}
+
+impl Limits {
+    pub const DOCUMENTS_ENV: &'static str = "SPAR_MAX_DOCUMENTS_PER_FILE";
+    pub const NODES_ENV: &'static str = "SPAR_MAX_NODES_PER_FILE";
+    pub const DEFAULT_DOCUMENTS: usize = 200_000;
+    pub const DEFAULT_NODES: usize = 20_000_000;
+
+    /// The limits from the environment, else the defaults. A value that is not a number is
+    /// ignored (with the default in force), so a typo cannot lower a limit to zero.
+    pub fn from_env() -> Limits {
+        let get = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(d)
+        };
+        Limits {
+            documents_per_file: get(Self::DOCUMENTS_ENV, Self::DEFAULT_DOCUMENTS),
+            nodes_per_file: get(Self::NODES_ENV, Self::DEFAULT_NODES),
+        }
+    }
+
+    /// What a breach of the parser's budget means, naming the limit and how to raise it.
+    pub fn explain(&self, breach: &serde_saphyr::budget::BudgetBreach) -> String {
+        use serde_saphyr::budget::BudgetBreach as B;
+        match breach {
+            B::Documents { .. } => format!(
+                "the file holds more than {} YAML documents (limit: documents per file; raise it with {}=N or split the file)",
+                self.documents_per_file,
+                Self::DOCUMENTS_ENV
+            ),
+            B::Nodes { .. } | B::Events { .. } => format!(
+                "the file holds more than {} YAML nodes (limit: nodes per file; raise it with {}=N or split the file)",
+                self.nodes_per_file,
+                Self::NODES_ENV
+            ),
+            other => format!("the YAML exceeds a parser limit: {other:?}"),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_env()
+    }
+}
 
 /// Where a resource came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +125,13 @@ impl Loaded {
 
 /// Load YAML text (possibly several documents) named `source` in messages.
 pub fn load_str(source: &str, text: &str) -> Loaded {
+    load_str_within(source, text, &Limits::default())
+}
+
+/// `load_str` within `limits`.
+pub fn load_str_within(source: &str, text: &str, limits: &Limits) -> Loaded {
     let mut out = Loaded::default();
-    let docs = match parse_documents(text) {
+    let docs = match parse_documents_within(text, limits) {
         Ok(d) => d,
         Err(e) => {
             out.problems.push(Problem {
@@ -120,6 +184,11 @@ pub fn load_str(source: &str, text: &str) -> Loaded {
 
 /// Load files and directories (recursively: `*.yaml`, `*.yml`, `*.json`, in name order).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    load_paths_within(paths, &Limits::default())
+}
+
+/// `load_paths` within `limits`.
+pub fn load_paths_within<P: AsRef<Path>>(paths: &[P], limits: &Limits) -> Loaded {
     let mut out = Loaded::default();
     for p in paths {
         let p = p.as_ref();
@@ -133,7 +202,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
         for f in files {
             match std::fs::read_to_string(&f) {
                 Ok(text) => {
-                    let mut one = load_str(&f.display().to_string(), &text);
+                    let mut one = load_str_within(&f.display().to_string(), &text, limits);
                     // Duplicates are checked once over everything, below.
                     one.problems
                         .retain(|p| !p.message.contains("is already defined at"));
@@ -207,6 +276,43 @@ mod tests {
         let e = l.errors().next().expect("an error");
         assert_eq!(e.line, 9, "{e}");
         assert!(e.message.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn a_file_past_a_limit_is_refused_naming_the_limit() {
+        let doc = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\n";
+        // The old parser default (1,024 documents) no longer applies.
+        let many: String = (0..1500)
+            .map(|i| doc.replace("name: n", &format!("name: n{i}")))
+            .collect();
+        let l = load_str("big.yaml", &many);
+        assert!(!l.has_errors(), "{:?}", l.problems.first());
+        assert_eq!(l.resources.len(), 1500);
+        let small = Limits {
+            documents_per_file: 100,
+            nodes_per_file: 1_000_000,
+        };
+        let l = load_str_within("big.yaml", &many, &small);
+        let e = l.errors().next().expect("refused");
+        assert!(
+            e.message.contains("more than 100 YAML documents")
+                && e.message.contains("documents per file")
+                && e.message.contains(Limits::DOCUMENTS_ENV),
+            "{e}"
+        );
+        let few_nodes = Limits {
+            documents_per_file: 10_000,
+            nodes_per_file: 500,
+        };
+        let e = load_str_within("big.yaml", &many, &few_nodes)
+            .errors()
+            .next()
+            .map(|p| p.message.clone())
+            .expect("refused");
+        assert!(
+            e.contains("more than 500 YAML nodes") && e.contains("nodes per file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,13 +43,34 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parse every document of a YAML stream. Empty documents are skipped.
+/// Parse every document of a YAML stream, within the default limits. Empty documents are
+/// skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    parse_documents_within(text, &crate::load::Limits::default())
+}
+
+/// Parse every document of a YAML stream within `limits` (a breach names the limit).
+pub fn parse_documents_within(
+    text: &str,
+    limits: &crate::load::Limits,
+) -> Result<Vec<Document>, SyntaxError> {
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_documents: limits.documents_per_file,
+            max_nodes: limits.nodes_per_file,
+            // Events are about two per node; the node limit is the one that speaks.
+            max_events: limits.nodes_per_file.saturating_mul(3).saturating_add(limits.documents_per_file.saturating_mul(4)),
+            max_total_scalar_bytes: 1 << 30,
+        },
+    };
     let nodes: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| SyntaxError {
             line: e.location().map(|l| l.line()).unwrap_or(1),
-            message: first_line(&e.to_string()),
+            message: match &e {
+                serde_saphyr::Error::Budget { breach, .. } => limits.explain(breach),
+                _ => first_line(&e.to_string()),
+            },
         })?;
     Ok(nodes
         .into_iter()
