@@ -46,8 +46,19 @@ async fn registry(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({ "generation": snap.generation, "items": items }))
 }
 
+/// Connected proxies with what each was sent, rendered now from the snapshot it holds.
 async fn proxies(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let list: Vec<_> = lock_proxies(&s.proxies).values().cloned().collect();
+    let list: Vec<serde_json::Value> = list
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("sent".into(), json!(p.sent()));
+            }
+            v
+        })
+        .collect();
     Json(json!({ "proxies": list }))
 }
 

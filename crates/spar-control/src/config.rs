@@ -12,7 +12,7 @@ use std::time::Duration;
 use spar_model::{Kind, Problem, Resource, ResourceKey};
 use tokio::sync::{Notify, watch};
 
-use crate::registry::{MeshSettings, Registry};
+use crate::registry::MeshSettings;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 
@@ -24,7 +24,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 pub struct ConfigState {
     mesh: MeshSettings,
     dir: Option<PathBuf>,
-    dir_resources: Mutex<Vec<Resource>>,
+    dir_resources: Mutex<Vec<Arc<Resource>>>,
     dir_problems: Mutex<Vec<Problem>>,
     pub store: Store,
     notify: Arc<Notify>,
@@ -44,7 +44,7 @@ impl ConfigState {
         let state = ConfigState {
             mesh,
             dir,
-            dir_resources: Mutex::new(dir_resources),
+            dir_resources: Mutex::new(dir_resources.into_iter().map(Arc::new).collect()),
             dir_problems: Mutex::new(Vec::new()),
             store,
             jwks: crate::jwks::JwksCache::new(notify.clone()),
@@ -74,22 +74,27 @@ impl ConfigState {
         self.notify.notify_one();
     }
 
+    /// Publish the sources as the next snapshot: the registry changes by the resources that
+    /// differ from the last one's, and the snapshot records what changed for the streams.
     fn publish(&self) {
-        let mut merged: std::collections::BTreeMap<ResourceKey, Resource> =
+        let mut merged: std::collections::BTreeMap<ResourceKey, Arc<Resource>> =
             lock(&self.dir_resources)
                 .iter()
                 .map(|r| (r.key(), r.clone()))
                 .collect();
         // Applied resources win over files: `spar apply` is the later, explicit intent.
         for r in self.store.all() {
-            merged.insert(r.key(), r);
+            merged.insert(r.key(), Arc::new(r));
         }
-        let registry = Registry::new(self.mesh.clone(), merged.into_values());
-        self.jwks
-            .track(&crate::translate::security::jwks_uris(&registry));
+        let prev = self.current();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.tx
-            .send_replace(Snapshot::build(generation, registry, self.jwks.snapshot()));
+        let jwks = &self.jwks;
+        let snap = Snapshot::advance(&prev, generation, &self.mesh, &merged, |reg| {
+            jwks.track(&crate::translate::security::jwks_uris(reg));
+            jwks.snapshot()
+        });
+        drop(merged);
+        self.tx.send_replace(snap);
         tracing::debug!(generation, "published snapshot");
     }
 
@@ -130,7 +135,11 @@ impl ConfigState {
             }
             lock(&self.dir_problems).clear();
             tracing::info!(resources = loaded.resources.len(), dir = %dir.display(), "config directory changed");
-            *lock(&self.dir_resources) = loaded.resources.into_iter().map(|(r, _)| r).collect();
+            *lock(&self.dir_resources) = loaded
+                .resources
+                .into_iter()
+                .map(|(r, _)| Arc::new(r))
+                .collect();
             self.changed();
         }
     }

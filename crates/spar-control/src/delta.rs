@@ -1,10 +1,17 @@
 //! The delta xDS state of one stream and one type: what the client subscribed to, what it
-//! was sent, and the next response to send. Pure: no I/O, tested by tables.
+//! holds, and the next response to send. Pure: no I/O, tested by tables and by random
+//! changes (the client a stream keeps in sync always holds what a full translation says).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use prost_types::Any;
 use spar_xds::discovery::{DeltaDiscoveryRequest, Resource};
+
+use crate::encoded::Item;
+use crate::snapshot::Snapshot;
+use crate::translate::ProxyView;
+use crate::view::{self, Touched, lookup, touched};
 
 /// Current resources of one type for one proxy: name -> (version, body).
 pub type Resources = BTreeMap<String, (String, Any)>;
@@ -110,6 +117,83 @@ impl TypeState {
         }
         self.sent
             .retain(|n, v| !v.is_empty() || current.contains_key(n) || self.names.contains(n));
+        delta
+    }
+}
+
+/// One type on one stream.
+pub struct TypeStream {
+    pub state: TypeState,
+    /// Whole-view (wildcard) subscriptions: the snapshot whose view the client holds. Then
+    /// `state.sent` stays empty and a push compares this snapshot's view with the next one's,
+    /// only at the names that changed.
+    pub synced: Option<Arc<Snapshot>>,
+    /// How many resources the client holds.
+    pub count: usize,
+}
+
+impl TypeStream {
+    /// The next response for this type at `snap`; records it as held.
+    pub fn delta(&mut self, view: &ProxyView, type_url: &str, snap: &Arc<Snapshot>) -> Delta {
+        let Some(at) = self.synced.take() else {
+            // The first response, or explicit names: diff against what the client said it
+            // holds.
+            let current: Resources = view::list(snap, view, type_url)
+                .into_iter()
+                .map(|(n, i)| (n.to_string(), (i.version.clone(), i.any.clone())))
+                .collect();
+            let delta = self.state.diff(&current);
+            self.count = self.state.sent.values().filter(|v| !v.is_empty()).count();
+            if self.state.wildcard && self.state.names.is_empty() {
+                self.state.sent.clear();
+                self.synced = Some(snap.clone());
+            }
+            return delta;
+        };
+        let mut delta = Delta::default();
+        let mut send =
+            |name: &str, old: Option<&Item>, new: Option<Item>, count: &mut usize| match (old, new)
+            {
+                (Some(o), Some(n)) if o.version == n.version => {}
+                (old, Some(n)) => {
+                    *count += usize::from(old.is_none());
+                    delta.resources.push(Resource {
+                        version: n.version.clone(),
+                        resource: Some(n.any.clone()),
+                        name: name.to_string(),
+                        aliases: Vec::new(),
+                    });
+                }
+                (Some(_), None) => {
+                    *count -= 1;
+                    delta.removed.push(name.to_string());
+                }
+                (None, None) => {}
+            };
+        let touched = match snap.changes_since(at.generation) {
+            Some(c) => touched(&c, view, type_url),
+            None => Touched::All,
+        };
+        match touched {
+            Touched::Nothing => {}
+            Touched::Names(names) => {
+                for n in names {
+                    let old = lookup(&at, view, type_url, &n);
+                    let new = lookup(snap, view, type_url, &n);
+                    send(&n, old.as_ref(), new, &mut self.count);
+                }
+            }
+            Touched::All => {
+                let old = view::list(&at, view, type_url);
+                let mut new = view::list(snap, view, type_url);
+                let names: std::collections::BTreeSet<Arc<str>> =
+                    old.keys().chain(new.keys()).cloned().collect();
+                for n in names {
+                    send(&n, old.get(&n), new.remove(&n), &mut self.count);
+                }
+            }
+        }
+        self.synced = Some(snap.clone());
         delta
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod ca_server;
 pub mod config;
 pub mod delta;
+pub mod encoded;
 pub mod error;
 pub mod jwks;
 pub mod pmap;
@@ -14,7 +15,11 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod translate;
+pub mod view;
 pub mod xds_server;
+
+#[cfg(test)]
+mod sync_tests;
 
 pub use error::Error;
 pub use server::{Options, Running, start};

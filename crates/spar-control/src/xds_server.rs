@@ -3,7 +3,6 @@
 //! new snapshot is published.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,17 +13,15 @@ use serde::Serialize;
 use spar_identity::{Subject, TokenIssuer};
 use spar_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use spar_xds::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, POLICY_TYPE, TELEMETRY_NAME, TELEMETRY_TYPE, to_any,
-};
+use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, POLICY_TYPE, TELEMETRY_TYPE};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::caller;
 use crate::config::ConfigState;
-use crate::delta::{Resources, TypeState};
+use crate::delta::{TypeState, TypeStream};
 use crate::snapshot::Snapshot;
-use crate::translate::{ProxyConfig, ProxyView, proxy_config};
+use crate::translate::ProxyView;
 
 /// What the admin API shows about one connected proxy.
 #[derive(Debug, Clone, Serialize)]
@@ -34,8 +31,57 @@ pub struct ProxyStatus {
     pub subject: String,
     pub view: ProxyView,
     pub types: BTreeMap<String, TypeStatus>,
-    /// The config this proxy was last sent, by type and name.
-    pub sent: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// What this proxy holds, by type: the snapshot its view was last sent from (and the
+    /// names, for explicit subscriptions). Dumps are rendered from these on request, so no
+    /// stream keeps a copy of what it sent.
+    #[serde(skip)]
+    pub holds: BTreeMap<String, Held>,
+}
+
+/// What a proxy holds of one type.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub at: Arc<Snapshot>,
+    /// Explicitly subscribed names it holds (None: the whole view).
+    pub names: Option<Vec<String>>,
+}
+
+impl ProxyStatus {
+    /// What the proxy was sent, by type and name, as JSON.
+    pub fn sent(&self) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
+        self.holds
+            .iter()
+            .map(|(t, h)| {
+                let mut all = crate::view::list(&h.at, &self.view, t);
+                if let Some(names) = &h.names {
+                    all.retain(|n, _| names.iter().any(|x| **x == **n));
+                }
+                let rendered = all
+                    .into_iter()
+                    .map(|(n, item)| (n.to_string(), render(t, &item.any)))
+                    .collect();
+                (t.clone(), rendered)
+            })
+            .collect()
+    }
+}
+
+fn render(type_url: &str, any: &prost_types::Any) -> serde_json::Value {
+    fn json<M: Message + Default + Serialize>(b: &[u8]) -> serde_json::Value {
+        M::decode(b)
+            .ok()
+            .and_then(|m| serde_json::to_value(m).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+    let b = any.value.as_slice();
+    match type_url {
+        ADDRESS_TYPE => json::<spar_xds::workload::Address>(b),
+        AUTHORIZATION_TYPE => json::<spar_xds::security::Authorization>(b),
+        L7_TYPE => json::<spar_xds::l7::ServiceRoutes>(b),
+        TELEMETRY_TYPE => json::<spar_xds::l7::Telemetry>(b),
+        POLICY_TYPE => json::<spar_xds::l7::Policy>(b),
+        _ => serde_json::Value::Null,
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,7 +159,7 @@ struct Connection {
     subject: String,
     config: Arc<ConfigState>,
     proxies: Proxies,
-    types: BTreeMap<String, TypeState>,
+    types: BTreeMap<String, TypeStream>,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
@@ -161,7 +207,7 @@ impl Connection {
                 subject: self.subject.clone(),
                 view: self.view.clone(),
                 types: BTreeMap::new(),
-                sent: BTreeMap::new(),
+                holds: BTreeMap::new(),
             };
             lock(&self.proxies).insert(self.id, status);
         }
@@ -171,11 +217,25 @@ impl Connection {
         let snap = self.config.current();
         match self.types.get_mut(&type_url) {
             None => {
-                self.types.insert(type_url.clone(), TypeState::first(&req));
+                self.types.insert(
+                    type_url.clone(),
+                    TypeStream {
+                        state: TypeState::first(&req),
+                        synced: None,
+                        count: 0,
+                    },
+                );
                 self.push(&type_url, &snap, true).await
             }
-            Some(state) => {
-                if state.subscribe(
+            Some(st) => {
+                if let Some(at) = st.synced.take() {
+                    // Leaving the whole-view mode: remember what the client holds by name.
+                    st.state.sent = crate::view::list(&at, &self.view, &type_url)
+                        .into_iter()
+                        .map(|(n, i)| (n.to_string(), i.version.clone()))
+                        .collect();
+                }
+                if st.state.subscribe(
                     &req.resource_names_subscribe,
                     &req.resource_names_unsubscribe,
                 ) {
@@ -212,7 +272,7 @@ impl Connection {
         }
     }
 
-    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), ()> {
+    async fn push_all(&mut self, snap: &Arc<Snapshot>) -> Result<(), ()> {
         let mut types: Vec<String> = self.types.keys().cloned().collect();
         types.sort_by_key(|t| push_order(t));
         for t in types {
@@ -221,13 +281,11 @@ impl Connection {
         Ok(())
     }
 
-    async fn push(&mut self, type_url: &str, snap: &Snapshot, always: bool) -> Result<(), ()> {
-        let cfg = proxy_config(&snap.registry, &snap.translated, &self.view);
-        let current = resources(&cfg, type_url);
-        let Some(state) = self.types.get_mut(type_url) else {
+    async fn push(&mut self, type_url: &str, snap: &Arc<Snapshot>, always: bool) -> Result<(), ()> {
+        let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
-        let delta = state.diff(&current);
+        let delta = st.delta(&self.view, type_url, snap);
         if !always && delta.resources.is_empty() && delta.removed.is_empty() {
             return Ok(());
         }
@@ -238,10 +296,18 @@ impl Connection {
             if let Some(status) = proxies.get_mut(&self.id) {
                 let t = status.types.entry(type_url.to_string()).or_default();
                 t.last_sent_nonce = nonce.clone();
-                t.resources = state.sent.len();
-                status
-                    .sent
-                    .insert(type_url.to_string(), dump(&cfg, type_url, state));
+                t.resources = st.count;
+                let names = st
+                    .synced
+                    .is_none()
+                    .then(|| st.state.sent.keys().cloned().collect());
+                status.holds.insert(
+                    type_url.to_string(),
+                    Held {
+                        at: snap.clone(),
+                        names,
+                    },
+                );
             }
         }
         let resp = DeltaDiscoveryResponse {
@@ -263,79 +329,6 @@ fn push_order(type_url: &str) -> u8 {
         L7_TYPE | TELEMETRY_TYPE => 1,
         ADDRESS_TYPE => 2,
         _ => 3,
-    }
-}
-
-/// The resources of one type for a proxy, with content-derived versions.
-fn resources(cfg: &ProxyConfig, type_url: &str) -> Resources {
-    fn entry<M: Message>(type_url: &str, m: &M) -> (String, prost_types::Any) {
-        let any = to_any(type_url, m);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        any.value.hash(&mut h);
-        (format!("{:016x}", h.finish()), any)
-    }
-    match type_url {
-        ADDRESS_TYPE => cfg
-            .addresses
-            .iter()
-            .map(|(n, a)| (n.clone(), entry(type_url, a)))
-            .collect(),
-        AUTHORIZATION_TYPE => cfg
-            .authorizations
-            .iter()
-            .map(|(n, a)| (n.clone(), entry(type_url, a)))
-            .collect(),
-        L7_TYPE => cfg
-            .l7
-            .iter()
-            .map(|(n, a)| (n.clone(), entry(type_url, a)))
-            .collect(),
-        TELEMETRY_TYPE => cfg
-            .telemetry
-            .iter()
-            .map(|t| (TELEMETRY_NAME.to_string(), entry(type_url, t)))
-            .collect(),
-        POLICY_TYPE => cfg
-            .policies
-            .iter()
-            .map(|(n, p)| (n.clone(), entry(type_url, p)))
-            .collect(),
-        // Unknown types get an empty answer, so clients asking for them still become ready.
-        _ => Resources::new(),
-    }
-}
-
-fn dump(
-    cfg: &ProxyConfig,
-    type_url: &str,
-    state: &TypeState,
-) -> BTreeMap<String, serde_json::Value> {
-    let json = |v: &dyn erased::Ser| v.to_json();
-    state
-        .sent
-        .keys()
-        .filter_map(|n| {
-            let v = match type_url {
-                ADDRESS_TYPE => cfg.addresses.get(n).map(|a| json(a)),
-                AUTHORIZATION_TYPE => cfg.authorizations.get(n).map(|a| json(a)),
-                L7_TYPE => cfg.l7.get(n).map(|a| json(a)),
-                TELEMETRY_TYPE => cfg.telemetry.as_ref().map(|t| json(t)),
-                POLICY_TYPE => cfg.policies.get(n).map(|p| json(p)),
-                _ => None,
-            }?;
-            Some((n.clone(), v))
-        })
-        .collect()
-}
-
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
     }
 }
 

@@ -191,7 +191,7 @@ pub fn for_pod(
         .collect()
 }
 
-fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
+pub(crate) fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
     let vs = h.virtual_service.as_ref().map(|(name, vs)| {
         let mut vs = vs.clone();
         vs.http
@@ -276,7 +276,7 @@ mod erased {
 
 /// `(namespace pattern, host pattern)` pairs from the pod's `Sidecar` egress hosts; `None`:
 /// no Sidecar applies and every host is in scope.
-fn egress_scope(reg: &Registry, pod: &Pod<'_>) -> Option<Vec<(String, String)>> {
+pub(crate) fn egress_scope(reg: &Registry, pod: &Pod<'_>) -> Option<Vec<(String, String)>> {
     let sidecars: Vec<_> = reg
         .of_kind(Kind::Sidecar)
         .filter_map(|r| match &r.spec {
@@ -317,7 +317,12 @@ fn egress_scope(reg: &Registry, pod: &Pod<'_>) -> Option<Vec<(String, String)>> 
     )
 }
 
-fn in_scope(scope: &Option<Vec<(String, String)>>, pod_ns: &str, ns: &str, host: &str) -> bool {
+pub(crate) fn in_scope(
+    scope: &Option<Vec<(String, String)>>,
+    pod_ns: &str,
+    ns: &str,
+    host: &str,
+) -> bool {
     let Some(scope) = scope else { return true };
     scope.iter().any(|(n, h)| {
         let ns_ok = n == "*" || (n == "." && ns == pod_ns) || n == ns;
