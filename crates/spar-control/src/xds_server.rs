@@ -228,7 +228,10 @@ impl Connection {
                 self.push(&type_url, &snap, true).await
             }
             Some(st) => {
-                if let Some(at) = st.synced.take() {
+                let resubscribes = !req.resource_names_subscribe.is_empty()
+                    || !req.resource_names_unsubscribe.is_empty();
+                // An ACK changes nothing; only a subscription change leaves whole-view mode.
+                if resubscribes && let Some(at) = st.synced.take() {
                     // Leaving the whole-view mode: remember what the client holds by name.
                     st.state.sent = crate::view::list(&at, &self.view, &type_url)
                         .into_iter()
