@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::sandbox::{self, User};
 use crate::state::{BoxState, Paths, alive};
 use crate::{Error, admin, net};
 
@@ -113,8 +114,56 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
             restarts
         );
     }
+    out.push_str(&proxy_status(state_dir));
     out.push_str(&control_status(&Paths::new(state_dir)));
     Ok(out)
+}
+
+/// Each proxy's connection counters (open, refused by a cap, handshakes timed out), read
+/// from its metrics.
+fn proxy_status(state_dir: &Path) -> String {
+    let Ok(dir) = std::fs::read_dir(state_dir.join("proxies")) else {
+        return String::new();
+    };
+    let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+    files.sort();
+    let mut out = String::from("\nPROXY                            OPEN    REFUSED  TIMEOUTS\n");
+    for f in files {
+        let Some(name) = f.file_stem().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let admin = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["admin"].as_str().map(str::to_string));
+        let counters = admin
+            .and_then(|a| admin::get(&a, "/metrics").ok())
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, text)| connection_counters(&text));
+        let _ = match counters {
+            Some((open, refused, timeouts)) => {
+                writeln!(out, "{name:<32} {open:<7} {refused:<8} {timeouts}")
+            }
+            None => writeln!(out, "{name:<32} -       -        -"),
+        };
+    }
+    out
+}
+
+/// (open, refused, timed out) from a proxy's Prometheus text.
+fn connection_counters(text: &str) -> (u64, u64, u64) {
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v.max(0.0) as u64)
+            .sum()
+    };
+    (
+        sum("spar_connections_open "),
+        sum("spar_connections_refused_total"),
+        sum("spar_handshake_timeouts_total"),
+    )
 }
 
 /// Connected proxies and NACKs, as the control plane reports them (empty when unreachable).
@@ -168,18 +217,23 @@ pub fn exec(
 ) -> Result<i32, Error> {
     let s = BoxState::read(&Paths::new(state_dir))?;
     let p = s.find_pod(namespace, pod)?;
-    // The `spar` running this command is on the pod's PATH too, as it is for workloads.
-    let mut path = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.display().to_string()))
-        .unwrap_or_default();
-    if let Ok(p) = std::env::var("PATH") {
-        path = format!("{path}:{p}");
-    }
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &p.netns])
-        .args(command)
-        .env("PATH", path)
+    // As the pod's containers run: confined, as the first container's user, with the
+    // `spar` running this command bound in.
+    let spar_bin = std::env::current_exe()?;
+    let user = p
+        .containers
+        .first()
+        .map(|c| User::of(c.run_as_user, c.run_as_group))
+        .unwrap_or(User::of(None, None));
+    let paths = Paths::new(state_dir);
+    let argv = sandbox::argv(&p.netns, user, &spar_bin, &[paths.root.as_path()], command);
+    // The pod's environment, not the operator's shell's (as `kubectl exec`).
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", sandbox::path_env(sandbox::POD_PATH))
+        .env("HOME", "/")
+        .envs(std::env::var("TERM").map(|t| ("TERM", t)))
         .status()?;
     Ok(status.code().unwrap_or(128 + status_signal(&status)))
 }
@@ -227,4 +281,15 @@ pub fn label_namespace(
     }
     s.write(&paths)?;
     Ok(format!("namespace/{namespace} labeled\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_from_metrics() {
+        let text = "# TYPE spar_connections_open gauge\nspar_connections_open 7\nspar_connections_refused_total{reason=\"source\"} 3\nspar_connections_refused_total{reason=\"listener\"} 1\nspar_handshake_timeouts_total 2\n";
+        assert_eq!(connection_counters(text), (7, 4, 2));
+    }
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod error;
 pub mod net;
 pub mod plan;
+pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod supervise;

@@ -116,6 +116,12 @@ fn create_pod(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
     let ns = pod.netns.as_str();
     ip(&["netns", "add", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    // Capture is IPv4 only (no dual stack yet): a pod's interface gets no IPv6 address, so
+    // no pod can reach another over link-local IPv6 around mTLS and policy. Loopback keeps
+    // ::1 for applications that bind it.
+    sysctl(ns, "net.ipv6.conf.default.disable_ipv6=1")?;
+    // Containers run as `nobody` (see `sandbox`): low ports stay bindable, as in Docker.
+    sysctl(ns, "net.ipv4.ip_unprivileged_port_start=0")?;
     ip(&[
         "-n",
         &node.netns,
@@ -149,6 +155,8 @@ fn create_pod(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
         "dev",
         "eth0",
     ])?;
+    // The veth was created in the node's namespace, so the pod's default did not apply.
+    sysctl(ns, "net.ipv6.conf.eth0.disable_ipv6=1")?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
     ip(&[
         "-n",

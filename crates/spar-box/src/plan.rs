@@ -76,6 +76,20 @@ pub struct ContainerPlan {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub ports: Vec<u32>,
+    /// `securityContext.runAsUser`/`runAsGroup` (container over pod); the box runs
+    /// containers as `nobody` (65534) unless these ask otherwise.
+    #[serde(default)]
+    pub run_as_user: Option<u32>,
+    #[serde(default)]
+    pub run_as_group: Option<u32>,
+}
+
+/// `runAsUser` / `runAsGroup` of a `securityContext` (kept as JSON in the model).
+fn run_as(ctx: &Option<serde_json::Value>, key: &str) -> Option<u32> {
+    ctx.as_ref()?
+        .get(key)?
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,11 +178,16 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                             .iter()
                             .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))),
                     );
+                    let pod_ctx = &template.spec.security_context;
                     ContainerPlan {
                         name: c.name.clone(),
                         command: c.command.iter().chain(&c.args).cloned().collect(),
                         env,
                         ports: c.ports.iter().map(|p| p.container_port).collect(),
+                        run_as_user: run_as(&c.security_context, "runAsUser")
+                            .or(run_as(pod_ctx, "runAsUser")),
+                        run_as_group: run_as(&c.security_context, "runAsGroup")
+                            .or(run_as(pod_ctx, "runAsGroup")),
                     }
                 })
                 .collect();

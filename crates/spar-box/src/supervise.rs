@@ -1,6 +1,6 @@
-//! Workload processes: each container's command runs inside its pod's network namespace
-//! (`ip netns exec`, which also mounts the pod's /etc/hosts), restarted with back-off when it
-//! exits, like a Deployment (a Job's container runs to completion: `restartPolicy` Never, or
+//! Workload processes: each container's command runs inside its pod's network namespace,
+//! confined (`sandbox`: no view of the box's keys, no capabilities), restarted with back-off
+//! when it exits, like a Deployment (a Job's container runs to completion: `restartPolicy` Never, or
 //! OnFailure until it succeeds); output appended to the pod's log file.
 
 use std::path::PathBuf;
@@ -14,6 +14,16 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::plan::{ContainerPlan, PodPlan};
+use crate::sandbox::{self, User};
+
+/// What every container of the box shares: the `spar` binary bound into pods, the
+/// directories hidden from them, and the `PATH` they see.
+#[derive(Debug, Clone)]
+pub struct Confine {
+    pub spar_bin: PathBuf,
+    pub hide: Vec<PathBuf>,
+    pub path_env: String,
+}
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A run this long resets the back-off (the process was healthy for a while).
@@ -35,7 +45,7 @@ pub async fn supervise(
     pod: PodPlan,
     container: ContainerPlan,
     log: PathBuf,
-    path_env: String,
+    confine: Confine,
     state: Arc<Mutex<ContainerState>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -49,11 +59,19 @@ pub async fn supervise(
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
         };
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod.netns])
-            .args(&container.command)
+        let user = User::of(container.run_as_user, container.run_as_group);
+        let hide: Vec<&std::path::Path> = confine.hide.iter().map(|p| p.as_path()).collect();
+        let argv = sandbox::argv(
+            &pod.netns,
+            user,
+            &confine.spar_bin,
+            &hide,
+            &container.command,
+        );
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .env_clear()
-            .env("PATH", &path_env)
+            .env("PATH", &confine.path_env)
             .envs(container.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 use crate::plan::{Plan, plan};
 use crate::spec::BoxSpec;
 use crate::state::{BoxState, Paths, PodStatus, alive};
-use crate::supervise::{ContainerState, ports_ready, supervise};
-use crate::{Error, admin, net};
+use crate::supervise::{Confine, ContainerState, ports_ready, supervise};
+use crate::{Error, admin, net, sandbox};
 
 pub struct UpOptions {
     pub paths: Vec<PathBuf>,
@@ -24,6 +24,8 @@ pub struct UpOptions {
     pub spar_bin: PathBuf,
     /// Workload certificate lifetime (`spar control --cert-ttl`), e.g. `30s` for rotation tests.
     pub cert_ttl: Option<String>,
+    /// Lifetime of the proxies' bearer tokens; each is minted again at half its life.
+    pub token_ttl: Duration,
 }
 
 /// Everything that can be checked before touching the machine.
@@ -67,6 +69,11 @@ pub fn run(opts: UpOptions) -> Result<(), Error> {
     paths.clear_box_state()?;
     let _ = std::fs::remove_dir_all(paths.logs());
     std::fs::create_dir_all(paths.logs())?;
+    // Owner-only: the box's keys and tokens live below it (pods also have it hidden).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.root, std::fs::Permissions::from_mode(0o700))?;
+    }
     let namespaces: BTreeMap<String, spar_model::Labels> = resources
         .iter()
         .filter(|r| r.kind == Kind::Namespace)
@@ -116,13 +123,16 @@ async fn run_mesh(
             paths.root.clone(),
             admin_addr.clone(),
             n.name.clone(),
+            opts.token_ttl,
             stop_rx.clone(),
         )));
     }
-    let path_env = format!(
-        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        opts.spar_bin.parent().unwrap_or(Path::new("/")).display()
-    );
+    // Pods never see the box's state (CA and token keys, tokens, proxy files).
+    let confine = Confine {
+        spar_bin: opts.spar_bin.clone(),
+        hide: vec![paths.root.clone()],
+        path_env: sandbox::path_env(sandbox::POD_PATH),
+    };
     let mut containers: Vec<(usize, Arc<Mutex<ContainerState>>)> = Vec::new();
     let mut tasks = Vec::new();
     for (i, pod) in state.plan.pods.iter().enumerate() {
@@ -138,18 +148,19 @@ async fn run_mesh(
             own.push((c.clone(), cs));
         }
         let log = paths.pod_log(&pod.namespace, &pod.name);
-        let (pod, path_env, stop, root) = (
+        let (pod, confine, stop, root) = (
             pod.clone(),
-            path_env.clone(),
+            confine.clone(),
             stop_rx.clone(),
             paths.root.clone(),
         );
         let (spar, admin_addr) = (opts.spar_bin.clone(), admin_addr.clone());
+        let token_ttl = opts.token_ttl;
         tasks.push(tokio::spawn(async move {
             let uid = format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name);
             let sidecar = if pod.sidecar {
                 // The application starts only once its sidecar captures and routes.
-                start_sidecar(&spar, &root, &admin_addr, &pod).await
+                start_sidecar(&spar, &root, &admin_addr, &pod, token_ttl).await
             } else {
                 if ambient {
                     // An ambient pod's traffic must be captured before its command sends any.
@@ -163,7 +174,7 @@ async fn run_mesh(
                     pod.clone(),
                     c,
                     log.clone(),
-                    path_env.clone(),
+                    confine.clone(),
                     cs,
                     stop.clone(),
                 )
@@ -352,27 +363,64 @@ async fn stop_child(child: &mut tokio::process::Child) {
     }
 }
 
-/// Mint a token at the control plane and write it where only root can read it.
-fn mint_token(admin_addr: &str, subject: serde_json::Value, file: &Path) -> Result<(), String> {
-    let mut body = subject;
-    body["ttl_seconds"] = (7 * 24 * 3600).into();
+/// Mint a token at the control plane and write it where only root can read it, then keep it
+/// fresh: a new one at half its life, written whole (temp file, rename) so a proxy that reads
+/// it meanwhile never sees half a token. Proxies read the file on every call.
+fn mint_token(
+    admin_addr: &str,
+    subject: serde_json::Value,
+    file: &Path,
+    ttl: Duration,
+) -> Result<(), String> {
+    mint_once(admin_addr, &subject, file, ttl)?;
+    let (admin_addr, file) = (admin_addr.to_string(), file.to_path_buf());
+    tokio::spawn(async move {
+        let mut wait = ttl / 2;
+        loop {
+            tokio::time::sleep(wait).await;
+            let (a, s, f) = (admin_addr.clone(), subject.clone(), file.clone());
+            let minted = tokio::task::spawn_blocking(move || mint_once(&a, &s, &f, ttl))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            wait = match minted {
+                Ok(()) => ttl / 2,
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot refresh a proxy token; retrying");
+                    Duration::from_secs(5).min(ttl / 4)
+                }
+            };
+        }
+    });
+    Ok(())
+}
+
+fn mint_once(
+    admin_addr: &str,
+    subject: &serde_json::Value,
+    file: &Path,
+    ttl: Duration,
+) -> Result<(), String> {
+    let mut body = subject.clone();
+    body["ttl_seconds"] = ttl.as_secs().max(1).into();
     let token = admin::post(admin_addr, "/token", &body.to_string())
         .ok()
         .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .ok_or_else(|| "the control plane minted no token".to_string())?;
     let dir = file.parent().unwrap_or(Path::new("."));
+    let tmp = file.with_extension("token.tmp");
     std::fs::create_dir_all(dir)
         .and_then(|_| {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
             std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
-                .open(file)?
-                .write_all(token.as_bytes())
+                .open(&tmp)?
+                .write_all(token.as_bytes())?;
+            std::fs::rename(&tmp, file)
         })
         .map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
@@ -392,6 +440,7 @@ async fn start_sidecar(
     root: &Path,
     admin_addr: &str,
     pod: &crate::plan::PodPlan,
+    token_ttl: Duration,
 ) -> Option<tokio::process::Child> {
     let paths = Paths::new(root);
     let key = format!("{}-{}", pod.namespace, pod.name);
@@ -400,7 +449,7 @@ async fn start_sidecar(
         "kind": "pod", "namespace": pod.namespace, "name": pod.name,
         "service_account": pod.service_account,
     });
-    if let Err(e) = mint_token(admin_addr, subject, &token_file) {
+    if let Err(e) = mint_token(admin_addr, subject, &token_file, token_ttl) {
         tracing::error!(pod = %key, error = %e, "cannot start the sidecar");
         return None;
     }
@@ -467,6 +516,7 @@ async fn run_node_proxy(
     root: PathBuf,
     admin_addr: String,
     node: String,
+    token_ttl: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let paths = Paths::new(&root);
@@ -475,6 +525,7 @@ async fn run_node_proxy(
         &admin_addr,
         serde_json::json!({ "kind": "node", "name": node }),
         &token_file,
+        token_ttl,
     ) {
         return tracing::error!(%node, error = %e, "cannot start the node proxy");
     }

@@ -213,14 +213,12 @@ impl Checker {
                 "spec.revisionHistoryLimit",
                 "spec.template.spec.initContainers",
                 "spec.template.spec.volumes",
-                "spec.template.spec.securityContext",
                 "spec.template.spec.affinity",
                 "spec.template.spec.tolerations",
                 "spec.template.spec.nodeSelector",
                 "spec.template.spec.containers[*].livenessProbe",
                 "spec.template.spec.containers[*].startupProbe",
                 "spec.template.spec.containers[*].resources",
-                "spec.template.spec.containers[*].securityContext",
                 "spec.template.spec.containers[*].volumeMounts",
                 "spec.template.spec.containers[*].env[*].valueFrom",
             ],
@@ -232,7 +230,57 @@ impl Checker {
                 self.warn(path, "not supported by spar yet; ignored");
             }
         }
+        if matches!(r.kind, Kind::Deployment | Kind::Job) {
+            self.security_contexts(&v);
+        }
     }
+
+    /// The box runs containers as `runAsUser`/`runAsGroup` (nobody by default); the rest of
+    /// a securityContext is not acted on.
+    fn security_contexts(&mut self, v: &Value) {
+        const ACTED_ON: [&str; 3] = ["runAsUser", "runAsGroup", "runAsNonRoot"];
+        let pod = "spec.template.spec.securityContext";
+        let mut paths: Vec<String> = find(v, pod);
+        paths.extend(find(v, "spec.template.spec.containers[*].securityContext"));
+        for path in paths {
+            let Some(ctx) = lookup(v, &path).and_then(Value::as_object) else {
+                continue;
+            };
+            for (k, val) in ctx {
+                if !ACTED_ON.contains(&k.as_str()) {
+                    self.warn(format!("{path}.{k}"), "not supported by spar yet; ignored");
+                } else if k != "runAsNonRoot"
+                    && val.as_u64().is_none_or(|n| n > u64::from(u32::MAX))
+                {
+                    self.err(
+                        format!("{path}.{k}"),
+                        "a numeric user or group id is required",
+                    );
+                }
+            }
+            if ctx.get("runAsNonRoot") == Some(&Value::Bool(true))
+                && ctx.get("runAsUser").and_then(Value::as_u64) == Some(0)
+            {
+                self.err(format!("{path}.runAsUser"), "runAsNonRoot forbids user 0");
+            }
+        }
+    }
+}
+
+/// The value at a concrete path from `find` (`a.b[2].c`).
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = v;
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        cur = cur.get(name)?;
+        if let Some(i) = index {
+            cur = cur.get(i)?;
+        }
+    }
+    Some(cur)
 }
 
 /// Concrete paths in `v` that match `pattern` (segments split by '.', `[*]` = each element).

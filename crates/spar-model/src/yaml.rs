@@ -62,6 +62,7 @@ pub fn parse_documents_within(
             // Events are about two per node; the node limit is the one that speaks.
             max_events: limits.nodes_per_file.saturating_mul(3).saturating_add(limits.documents_per_file.saturating_mul(4)),
             max_total_scalar_bytes: 1 << 30,
+            max_depth: 32, // 64 (the default) overflows a 2 MiB thread stack in debug builds
         },
     };
     let nodes: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)

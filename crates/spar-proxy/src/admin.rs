@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,6 +19,7 @@ use crate::role::Role;
 pub async fn serve<R: Role>(listener: tokio::net::TcpListener, role: Arc<R>) {
     let mut registry = Registry::default();
     role.proxy().metrics.register(&mut registry);
+    role.proxy().limit_metrics.register(&mut registry);
     role.register_metrics(&mut registry);
     let registry = Arc::new(registry);
     let node = role.proxy().clone();
@@ -29,9 +31,11 @@ pub async fn serve<R: Role>(listener: tokio::net::TcpListener, role: Arc<R>) {
                 let (node, registry) = (node.clone(), registry.clone());
                 async move { Ok::<_, Infallible>(handle(req, &node, &registry)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(s), svc).await;
         });
     }
 }

@@ -139,6 +139,7 @@ impl CertManager {
         });
         req.metadata_mut()
             .insert("authorization", self.control.bearer()?);
+        req.set_timeout(crate::control::CALL_TIMEOUT);
         let mut client = IstioCertificateServiceClient::new(self.control.channel()?);
         let chain = client
             .create_certificate(req)

@@ -2,10 +2,17 @@
 //! root), with the node's bearer token on every call.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::Error;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A certificate request (one unary call) gets this long.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
@@ -26,10 +33,16 @@ impl ControlPlane {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.root_pem))
             .domain_name(&self.server_name);
+        // A half-open connection (the control plane's host gone without a FIN) is found by
+        // HTTP/2 pings within half a minute, instead of an xDS stream that waits for good.
         Ok(Endpoint::from_shared(format!("https://{}", self.addr))
             .map_err(|e| bad(&e))?
             .tls_config(tls)
             .map_err(|e| bad(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy())
     }
 

@@ -38,10 +38,13 @@ pub fn parse_question(msg: &[u8]) -> Option<Question> {
         if len > 63 {
             return None; // compression is not valid in a question from a stub resolver
         }
+        // A `.` inside a label is escaped as in zone files, so the label `a.b` is never
+        // taken for the mesh name `a.b`.
         labels.push(
             std::str::from_utf8(msg.get(i..i + len)?)
                 .ok()?
-                .to_ascii_lowercase(),
+                .to_ascii_lowercase()
+                .replace('.', "\\."),
         );
         i += len;
     }
@@ -125,31 +128,44 @@ pub fn upstreams() -> Vec<SocketAddr> {
 }
 
 /// Serve one pod's DNS socket forever.
+/// Forwarded queries in flight per pod; beyond this a query is dropped (the client's
+/// resolver retries), so a flood of datagrams never becomes a flood of tasks and sockets.
+const MAX_FORWARDS: usize = 64;
+
 pub async fn serve(
     sock: UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     upstreams: Arc<Vec<SocketAddr>>,
 ) {
     let sock = Arc::new(sock);
+    let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
     let mut buf = vec![0u8; 1500];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
             continue;
         };
-        let query = buf[..n].to_vec();
-        let (sock, state, upstreams) = (sock.clone(), state.clone(), upstreams.clone());
+        let query = &buf[..n];
+        let Some(q) = parse_question(query) else {
+            continue;
+        };
+        // Mesh names are answered here, without a task.
+        if let Some(ips) = lookup(&state.load(), &q.name) {
+            let _ = sock.send_to(&answer(query, &q, &ips, 0), from).await;
+            continue;
+        }
+        let Ok(permit) = forwards.clone().try_acquire_owned() else {
+            tracing::debug!(%from, "too many DNS queries in flight; dropping one");
+            continue;
+        };
+        let query = query.to_vec();
+        let (sock, upstreams) = (sock.clone(), upstreams.clone());
         tokio::spawn(async move {
-            let Some(q) = parse_question(&query) else {
-                return;
-            };
-            let reply = match lookup(&state.load(), &q.name) {
-                Some(ips) => answer(&query, &q, &ips, 0),
-                None => match forward(&query, &upstreams).await {
-                    Some(r) => r,
-                    None => answer(&query, &q, &[], 2), // SERVFAIL
-                },
+            let reply = match forward(&query, &upstreams).await {
+                Some(r) => r,
+                None => answer(&query, &q, &[], 2), // SERVFAIL
             };
             let _ = sock.send_to(&reply, from).await;
+            drop(permit);
         });
     }
 }
@@ -173,6 +189,9 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     }
     None
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

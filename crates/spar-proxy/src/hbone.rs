@@ -86,11 +86,23 @@ struct Pooled {
     streams: Arc<()>,
     /// Set when the connection's task ends.
     closed: Arc<AtomicBool>,
+    /// The certificate it was made with: once the identity's certificate is renewed, the
+    /// connection takes no new streams and drains, so no connection outlives its
+    /// certificate for long.
+    cert: Arc<rustls::sign::CertifiedKey>,
 }
 
-#[derive(Default)]
 pub struct Pool {
     conns: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+    /// The dial (TCP, TLS, HTTP/2) and, separately, a CONNECT's answer must each come within
+    /// this: one hung endpoint never blocks failover to the next.
+    timeout: std::time::Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new(crate::limits::Limits::default().handshake)
+    }
 }
 
 /// One tunnel request.
@@ -104,6 +116,13 @@ pub struct Connect<'a> {
 }
 
 impl Pool {
+    pub fn new(timeout: std::time::Duration) -> Pool {
+        Pool {
+            conns: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
     /// Open a tunnel to `c.target` through `c.addr`; returns the byte stream and a guard that
     /// counts the stream against its connection while it lives.
     pub async fn connect(
@@ -121,16 +140,23 @@ impl Pool {
             dst: c.dst_identity.into(),
             addr: c.addr,
         };
-        let (sender, guard) = match self.reuse(&key) {
+        let current = certs.slot(c.src_identity).cert.load_full();
+        let (sender, guard) = match current.as_ref().and_then(|cert| self.reuse(&key, cert)) {
             Some(p) => p,
             None => {
-                let (sender, closed) = dial(certs, roots, &c).await?;
+                let (sender, closed, cert) =
+                    tokio::time::timeout(self.timeout, dial(certs, roots, &c))
+                        .await
+                        .map_err(|_| {
+                            up(format!("no HBONE connection within {:?}", self.timeout))
+                        })??;
                 let guard = Arc::new(());
                 let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
                 conns.entry(key).or_default().push(Pooled {
                     sender: sender.clone(),
                     streams: guard.clone(),
                     closed,
+                    cert,
                 });
                 (sender, guard)
             }
@@ -143,12 +169,18 @@ impl Pool {
             .header("baggage", "")
             .body(())
             .map_err(|e| up(e.to_string()))?;
-        // Waits while the peer's stream limit is reached.
-        let mut sender = sender.ready().await.map_err(|e| up(e.to_string()))?;
-        let (resp, send) = sender
-            .send_request(req, false)
-            .map_err(|e| up(e.to_string()))?;
-        let resp = resp.await.map_err(|e| up(e.to_string()))?;
+        let answer = async {
+            // Waits while the peer's stream limit is reached.
+            let mut sender = sender.ready().await.map_err(|e| up(e.to_string()))?;
+            let (resp, send) = sender
+                .send_request(req, false)
+                .map_err(|e| up(e.to_string()))?;
+            let resp = resp.await.map_err(|e| up(e.to_string()))?;
+            Ok::<_, Error>((resp, send))
+        };
+        let (resp, send) = tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(|_| up(format!("no answer to CONNECT within {:?}", self.timeout)))??;
         if resp.status() != StatusCode::OK {
             return Err(Error::HboneStatus {
                 addr: c.target.to_string(),
@@ -158,10 +190,15 @@ impl Pool {
         Ok((H2Stream::new(send, resp.into_body()), guard))
     }
 
-    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Bytes>, Arc<()>)> {
+    fn reuse(
+        &self,
+        key: &PoolKey,
+        cert: &Arc<rustls::sign::CertifiedKey>,
+    ) -> Option<(SendRequest<Bytes>, Arc<()>)> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.get_mut(key)?;
-        list.retain(|p| !p.closed.load(Ordering::Acquire));
+        // Dropping an entry drops only the pool's handle: streams in flight finish.
+        list.retain(|p| !p.closed.load(Ordering::Acquire) && Arc::ptr_eq(&p.cert, cert));
         list.iter()
             .filter(|p| Arc::strong_count(&p.streams) <= STREAMS_PER_CONN)
             .min_by_key(|p| Arc::strong_count(&p.streams))
@@ -173,12 +210,19 @@ async fn dial(
     certs: &Arc<CertManager>,
     roots: &Arc<RootCertStore>,
     c: &Connect<'_>,
-) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), Error> {
+) -> Result<
+    (
+        SendRequest<Bytes>,
+        Arc<AtomicBool>,
+        Arc<rustls::sign::CertifiedKey>,
+    ),
+    Error,
+> {
     let up = |reason: String| Error::Connect {
         addr: c.addr.to_string(),
         reason,
     };
-    certs.get(c.src_identity).await?;
+    let cert = certs.get(c.src_identity).await?;
     let cfg = crate::tls::client_config(certs.slot(c.src_identity), roots.clone(), c.dst_identity)?;
     let tcp = c
         .net
@@ -208,7 +252,7 @@ async fn dial(
         }
         flag.store(true, Ordering::Release);
     });
-    Ok((sender, closed))
+    Ok((sender, closed, cert))
 }
 
 /// A fresh W3C trace context for each tunnel.

@@ -23,6 +23,7 @@ pub mod h2stream;
 pub mod hbone;
 pub mod l4;
 pub mod l7;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod proxy;

@@ -18,6 +18,7 @@ use crate::Error;
 use crate::certs::CertManager;
 use crate::control::ControlPlane;
 use crate::hbone::Pool;
+use crate::limits::{Admission, LimitMetrics, Limits};
 use crate::metrics::Metrics;
 use crate::net::{Network, PodNet};
 use crate::snapshot::{Snapshot, WorkloadInfo};
@@ -29,6 +30,7 @@ pub struct ProxyOptions {
     pub trust_domain: String,
     pub cert_ttl: Option<Duration>,
     pub network: Network,
+    pub limits: Limits,
 }
 
 /// Shared by every connection a proxy serves.
@@ -49,6 +51,8 @@ pub struct Proxy {
     pub network: Network,
     /// Open inbound L4 connections, re-decided on every config change.
     pub tracker: Arc<Tracker>,
+    pub limits: Limits,
+    pub limit_metrics: LimitMetrics,
 }
 
 type Recheck = Box<dyn Fn(&Snapshot) -> Option<String> + Send + Sync>;
@@ -146,14 +150,21 @@ impl Proxy {
             control: opts.control,
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             trust_domain: opts.trust_domain,
-            pool: Pool::default(),
+            pool: Pool::new(opts.limits.handshake),
             metrics: Metrics::default(),
             generation: rx,
             generation_tx: tx,
             enrolled: Mutex::new(BTreeMap::new()),
             network: opts.network,
             tracker: Arc::new(Tracker::default()),
+            limits: opts.limits,
+            limit_metrics: LimitMetrics::default(),
         }))
+    }
+
+    /// A new listener's admission (its own connection caps, the proxy's counters).
+    pub fn admission(&self) -> Arc<Admission> {
+        Admission::new(self.limits.clone(), self.limit_metrics.clone())
     }
 
     /// Whether the first config has arrived.
@@ -162,8 +173,9 @@ impl Proxy {
     }
 }
 
-/// Accept connections on `l` forever, each served by its own task.
-pub fn accept_loop<F, Fut>(l: TcpListener, serve: F) -> JoinHandle<()>
+/// Accept connections on `l` forever, each served by its own task while `admission` has
+/// room for it (else it is closed at once).
+pub fn accept_loop<F, Fut>(l: TcpListener, admission: Arc<Admission>, serve: F) -> JoinHandle<()>
 where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -171,11 +183,19 @@ where
     tokio::spawn(async move {
         loop {
             let (s, peer) = crate::accept::next(&l).await;
+            let Ok(place) = admission.admit(peer.ip()) else {
+                drop(s);
+                continue;
+            };
             // Without this, a response written as several small writes (an h2 HEADERS frame,
             // then DATA, each its own TLS record) waits behind Nagle for the peer's delayed
             // ACK: 40 ms stalls at the tail. Every socket the proxy dials sets it too.
             let _ = s.set_nodelay(true);
-            tokio::spawn(serve(s, peer));
+            let conn = serve(s, peer);
+            tokio::spawn(async move {
+                conn.await;
+                drop(place);
+            });
         }
     })
 }

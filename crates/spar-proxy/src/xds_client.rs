@@ -240,8 +240,11 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<Vec<String>, 
     }
     for n in &resp.removed_resources {
         versions.remove(n);
-        held.workloads.remove(n);
-        held.services.remove(n);
+        // Names are per type: an L7 resource is named like its service's address.
+        if resp.type_url == ADDRESS_TYPE {
+            held.workloads.remove(n);
+            held.services.remove(n);
+        }
         if resp.type_url == AUTHORIZATION_TYPE {
             held.policies.remove(n);
         }
@@ -265,6 +268,9 @@ fn apply(held: &mut Held, resp: &DeltaDiscoveryResponse) -> Result<Vec<String>, 
     }
     Ok(problems)
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

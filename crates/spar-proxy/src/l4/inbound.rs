@@ -103,25 +103,34 @@ pub async fn hbone<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: 
         Ok(c) => c,
         Err(e) => return tracing::warn!(error = %e, "HBONE TLS config"),
     };
-    let mut tls = match tokio_rustls::TlsAcceptor::from(cfg)
-        .accept(hbone::buffered(s))
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"mTLS: {e}\"");
+    // A client that connects and never finishes its handshakes is dropped, not held.
+    let handshakes = async {
+        let mut tls = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(hbone::buffered(s))
+            .await
+            .map_err(|e| format!("mTLS: {e}"))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
+            return Err("ALPN h2 required".to_string());
         }
+        let peer_id = crate::tls::peer_identity(tls.get_ref().1.peer_certificates());
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(hbone::TLS_SEND_LIMIT));
+        let conn = hbone::server_builder()
+            .handshake(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        Ok((conn, peer_id))
     };
-    if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
-        return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"ALPN h2 required\"");
-    }
-    let peer_id = crate::tls::peer_identity(tls.get_ref().1.peer_certificates());
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(hbone::TLS_SEND_LIMIT));
-    let mut conn = match hbone::server_builder().handshake(tls).await {
-        Ok(c) => c,
-        Err(e) => return tracing::debug!(error = %e, "HBONE HTTP/2 handshake failed"),
+    let (mut conn, peer_id) = match tokio::time::timeout(proxy.limits.handshake, handshakes).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"{e}\"");
+        }
+        Err(_) => {
+            proxy.limit_metrics.timed_out();
+            return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"handshake not done within {:?}\"", proxy.limits.handshake);
+        }
     };
     // Accepting also drives the connection, so this loop runs until the peer goes away.
     while let Some(next) = conn.accept().await {

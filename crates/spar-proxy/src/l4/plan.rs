@@ -77,8 +77,19 @@ pub struct OutboundPlan {
     pub service: Option<ServiceKey>,
 }
 
+/// The ports a proxy captures into. A connection whose destination is one of them was not
+/// redirected (a client dialled the proxy itself, e.g. `127.0.0.1:15001` or a pod's own
+/// `:15006`): forwarding it would dial the same listener again, without end.
+pub const CAPTURE_PORTS: [u16; 2] = [15001, 15006];
+
 /// Decide where a captured outbound connection to `dst` goes.
 pub fn plan_outbound(snap: &Snapshot, dst: SocketAddr, rng: &mut impl Rng) -> OutboundPlan {
+    if CAPTURE_PORTS.contains(&dst.port()) {
+        return OutboundPlan {
+            candidates: Vec::new(),
+            service: None,
+        };
+    }
     if let Some(svc) = snap.by_vip.get(&dst.ip()) {
         return to_service(svc, dst.port(), None, rng);
     }
@@ -217,6 +228,12 @@ pub fn plan_inbound(
     if Some(target.ip()) != dst.ip {
         return Err(refuse(400, format!("authority {target} is not this pod")));
     }
+    if CAPTURE_PORTS.contains(&target.port()) {
+        return Err(refuse(
+            400,
+            format!("{target} is the proxy's own capture port; it is never forwarded"),
+        ));
+    }
     let (src_principal, src_namespace) = a.peer_identity.map(principal).unwrap_or_default();
     // A sidecar's AuthorizationPolicies on a port that is not HTTP: decided per connection,
     // with TCP semantics (requests on HTTP ports are decided one by one in `l7::authorize`).
@@ -266,5 +283,7 @@ pub fn plan_inbound(
     })
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -154,7 +154,10 @@ pub async fn run(
             retrying = true;
             match res {
                 Ok(r) => {
-                    let _ = r.into_body().collect().await;
+                    // Read a little of the failed answer so its connection can be reused;
+                    // a large or slow one is dropped instead (the connection with it).
+                    let drain = http_body_util::Limited::new(r.into_body(), 64 * 1024).collect();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
                 }
                 Err(e) => last = e,
             }

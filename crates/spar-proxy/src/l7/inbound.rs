@@ -70,13 +70,19 @@ impl Inbound {
 /// Serve HTTP on `io` until the downstream closes it.
 pub async fn serve(ib: Arc<Inbound>, io: InboundIo) {
     let io = TokioIo::new(io);
+    let header_read = ib.proxy.limits.header_read;
     let svc = hyper::service::service_fn(move |req| {
         let ib = ib.clone();
         async move { Ok::<_, std::convert::Infallible>(request(ib, req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client that half-closes after its request still gets the answer.
-    builder.http1().half_close(true);
+    // A client that never finishes its request head (slowloris) is dropped.
+    builder
+        .http1()
+        .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
     let _ = builder.serve_connection_with_upgrades(io, svc).await;
 }
 

@@ -40,13 +40,19 @@ use crate::snapshot::Snapshot;
 
 /// Serve HTTP on a captured connection until the client closes it.
 pub async fn serve(ds: Arc<Downstream>, s: TcpStream) {
+    let header_read = ds.proxy.limits.header_read;
     let svc = hyper::service::service_fn(move |req| {
         let ds = ds.clone();
         async move { Ok::<_, Infallible>(handle(ds, req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // A client that half-closes after its request still gets the answer.
-    builder.http1().half_close(true);
+    // A client that never finishes its request head (slowloris) is dropped.
+    builder
+        .http1()
+        .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
     let _ = builder
         .serve_connection_with_upgrades(TokioIo::new(s), svc)
         .await;

@@ -238,4 +238,6 @@ pub fn plan_request<'s>(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -78,12 +78,16 @@ pub fn pick_weighted(
 /// the whole path).
 pub fn rewrite_path(rw: &Rewrite, matched: Option<&Match>, path: &str) -> String {
     match rw {
-        Rewrite::Uri(new) => match matched.and_then(|m| m.uri.as_ref()) {
-            Some(StringMatch::Prefix(p)) if path.starts_with(p.as_str()) => {
-                format!("{new}{}", &path[p.len()..])
+        Rewrite::Uri(new) => {
+            let ic = matched.is_some_and(|m| m.ignore_uri_case);
+            match matched.and_then(|m| m.uri.as_ref()) {
+                // `matches` checks the prefix on a char boundary, so the slice is safe.
+                Some(m @ StringMatch::Prefix(p)) if m.matches(path, ic) => {
+                    format!("{new}{}", &path[p.len()..])
+                }
+                _ => new.clone(),
             }
-            _ => new.clone(),
-        },
+        }
         Rewrite::Regex(re, with) => re.replace_all(path, with.as_str()).into_owned(),
     }
 }
@@ -103,10 +107,20 @@ pub fn redirect_location(a: &Action, r: &RequestFacts<'_>, path_and_query: &str)
     let scheme = scheme.as_deref().unwrap_or(r.scheme);
     let host = authority.as_deref().unwrap_or(r.authority);
     let host = match port {
-        Some(p) => format!(
-            "{}:{p}",
-            host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-        ),
+        Some(p) => {
+            // Only a numeric port is replaced: `[::1]` has colons of its own.
+            let bare = match host.rsplit_once(':') {
+                Some((h, port))
+                    if !port.is_empty()
+                        && port.bytes().all(|b| b.is_ascii_digit())
+                        && (!h.starts_with('[') || h.ends_with(']')) =>
+                {
+                    h
+                }
+                _ => host,
+            };
+            format!("{bare}:{p}")
+        }
         None => host.to_string(),
     };
     let path = uri.as_deref().unwrap_or(path_and_query);

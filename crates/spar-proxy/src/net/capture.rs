@@ -54,9 +54,24 @@ pub fn rules(c: &Capture) -> String {
     ct mark {INBOUND_MARK:#x} meta mark set {INBOUND_MARK:#x}
   }}
 }}
-"
+{IPV6_RULES}"
     )
 }
+
+/// Capture is IPv4 (dual stack is not implemented): IPv6 off the pod's loopback is dropped
+/// both ways, so no pod reaches another over IPv6 (link-local addresses) around mTLS and
+/// policy. The box also disables IPv6 on pod interfaces; this holds for any other host.
+const IPV6_RULES: &str = "table ip6 spar_ambient6 {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    iifname \"lo\" accept
+  }
+  chain output {
+    type filter hook output priority 0; policy drop;
+    oifname \"lo\" accept
+  }
+}
+";
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
     use std::io::Write;
@@ -83,7 +98,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
 /// Install capture: nftables table, policy routing for replies to transparent connections.
 pub fn install(netns: &str, c: &Capture) -> Result<(), Error> {
     let rules = format!(
-        "add table ip spar_ambient\ndelete table ip spar_ambient\n{}",
+        "add table ip spar_ambient\ndelete table ip spar_ambient\nadd table ip6 spar_ambient6\ndelete table ip6 spar_ambient6\n{}",
         rules(c)
     );
     run(
@@ -141,20 +156,15 @@ pub fn install(netns: &str, c: &Capture) -> Result<(), Error> {
 
 /// Remove capture; the pod is back to plain networking.
 pub fn remove(netns: &str) -> Result<(), Error> {
-    let _ = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            netns,
-            "nft",
-            "delete",
-            "table",
+    for (family, table) in [("ip", "spar_ambient"), ("ip6", "spar_ambient6")] {
+        let _ = run(
             "ip",
-            "spar_ambient",
-        ],
-        None,
-    );
+            &[
+                "netns", "exec", netns, "nft", "delete", "table", family, table,
+            ],
+            None,
+        );
+    }
     let _ = run(
         "ip",
         &[

@@ -52,13 +52,13 @@ impl Role for NodeRole {
         let (r2, hb_pod) = (self, pod);
         vec![
             tokio::spawn(crate::dns::serve(l.dns, proxy.snapshot.clone(), upstreams)),
-            accept_loop(l.outbound, move |s, peer| {
+            accept_loop(l.outbound, proxy.admission(), move |s, peer| {
                 outbound::serve(p.clone(), out_pod.clone(), s, peer)
             }),
-            accept_loop(l.inbound, move |s, peer| {
+            accept_loop(l.inbound, proxy.admission(), move |s, peer| {
                 inbound::plaintext(r1.clone(), in_pod.clone(), s, peer)
             }),
-            accept_loop(l.hbone, move |s, peer| {
+            accept_loop(l.hbone, proxy.admission(), move |s, peer| {
                 inbound::hbone(r2.clone(), hb_pod.clone(), s, peer)
             }),
         ]

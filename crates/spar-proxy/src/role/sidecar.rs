@@ -64,18 +64,19 @@ impl Role for SidecarRole {
     fn start(self: Arc<Self>, pod: Arc<Pod>, l: Listeners) -> Vec<JoinHandle<()>> {
         let upstreams = Arc::new(crate::dns::upstreams());
         let dns = crate::dns::serve(l.dns, self.proxy.snapshot.clone(), upstreams);
+        let proxy = self.proxy.clone();
         let (r0, p0) = (self.clone(), pod.clone());
         let (r1, p1) = (self.clone(), pod.clone());
         let (r2, p2) = (self, pod);
         vec![
             tokio::spawn(dns),
-            accept_loop(l.outbound, move |s, peer| {
+            accept_loop(l.outbound, proxy.admission(), move |s, peer| {
                 r0.clone().outbound(p0.clone(), s, peer)
             }),
-            accept_loop(l.inbound, move |s, peer| {
+            accept_loop(l.inbound, proxy.admission(), move |s, peer| {
                 inbound::plaintext(r1.clone(), p1.clone(), s, peer)
             }),
-            accept_loop(l.hbone, move |s, peer| {
+            accept_loop(l.hbone, proxy.admission(), move |s, peer| {
                 inbound::hbone(r2.clone(), p2.clone(), s, peer)
             }),
         ]

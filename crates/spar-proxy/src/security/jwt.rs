@@ -34,6 +34,53 @@ pub struct Rule {
     pub forward: bool,
     pub payload_header: Option<HeaderName>,
     pub claim_headers: Vec<(HeaderName, String)>,
+    /// Tokens this rule verified, until they expire: a client sends the same token on every
+    /// request, and a signature check costs more than the rest of the request's
+    /// authorization (Envoy keeps such a cache too). The key is the whole token, signature
+    /// included, so only the very token that verified is found. A new config brings new
+    /// rules, and so an empty cache.
+    cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Verified>>>,
+}
+
+#[derive(Clone)]
+struct Verified {
+    claims: serde_json::Value,
+    /// `exp`, in seconds since the epoch.
+    expires: Option<u64>,
+}
+
+/// Verified tokens kept per rule; when full, the cache starts over.
+const CACHE_SIZE: usize = 1024;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Rule {
+    fn cached(&self, token: &str) -> Option<serde_json::Value> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let v = cache.get(token)?;
+        v.expires
+            .is_none_or(|exp| now_secs() < exp)
+            .then(|| v.claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &serde_json::Value) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(
+            token.to_string(),
+            Verified {
+                claims: claims.clone(),
+                expires: claims.get("exp").and_then(|e| e.as_u64()),
+            },
+        );
+    }
 }
 
 impl std::fmt::Debug for Rule {
@@ -143,6 +190,7 @@ pub fn compile(
                     ))
                 })
                 .collect::<Result<_, Error>>()?,
+            cache: Default::default(),
         });
     }
     Ok(rules)
@@ -277,6 +325,9 @@ pub fn authenticate(rules: &[Rule], headers: &mut HeaderMap, query: Option<&str>
     let Some((token, loc)) = found else {
         return Outcome::Missing;
     };
+    if let Some((rule, claims)) = rules.iter().find_map(|r| r.cached(&token).map(|c| (r, c))) {
+        return accepted(rule, claims, &loc, headers);
+    }
     // The issuer (unverified) picks the rule; the rule's keys then verify everything.
     let iss = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(&token)
         .ok()
@@ -291,8 +342,20 @@ pub fn authenticate(rules: &[Rule], headers: &mut HeaderMap, query: Option<&str>
         Ok(c) => c,
         Err(why) => return Outcome::Invalid(why),
     };
+    rule.remember(&token, &claims);
+    accepted(rule, claims, &loc, headers)
+}
+
+/// A verified token: strip it unless forwarded, set the output headers, and say who sent it.
+fn accepted(
+    rule: &Rule,
+    claims: serde_json::Value,
+    loc: &Location,
+    headers: &mut HeaderMap,
+) -> Outcome {
+    let iss = rule.issuer.as_str();
     if !rule.forward
-        && let Location::Header { name, .. } = &loc
+        && let Location::Header { name, .. } = loc
     {
         headers.remove(name);
     }
@@ -325,5 +388,7 @@ pub fn authenticate(rules: &[Rule], headers: &mut HeaderMap, query: Option<&str>
     }))
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

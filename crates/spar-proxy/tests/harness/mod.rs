@@ -60,6 +60,7 @@ pub struct Builder {
     /// A /16 of 127/8 per mesh, so meshes of parallel tests never share an address.
     base: [u8; 2],
     cert_ttl: Option<Duration>,
+    limits: spar_proxy::limits::Limits,
 }
 
 static NEXT_MESH: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
@@ -75,7 +76,15 @@ impl Builder {
             services: Vec::new(),
             base: [(20 + pid % 200) as u8, (n % 250) as u8],
             cert_ttl: None,
+            limits: spar_proxy::limits::Limits::default(),
         }
+    }
+
+    /// The proxies' connection caps and handshake timeouts.
+    #[allow(dead_code)]
+    pub fn limits(mut self, limits: spar_proxy::limits::Limits) -> Builder {
+        self.limits = limits;
+        self
     }
 
     pub fn cert_ttl(mut self, ttl: Duration) -> Builder {
@@ -202,6 +211,7 @@ impl Builder {
             sidecars: BTreeMap::new(),
             nodes: BTreeMap::new(),
             tasks: Vec::new(),
+            limits: self.limits,
         }
     }
 }
@@ -220,6 +230,7 @@ pub struct Mesh {
     pub sidecars: BTreeMap<String, Arc<SidecarRole>>,
     pub nodes: BTreeMap<String, Arc<NodeRole>>,
     tasks: Vec<JoinHandle<()>>,
+    limits: spar_proxy::limits::Limits,
 }
 
 impl Drop for Mesh {
@@ -443,6 +454,7 @@ impl Mesh {
             trust_domain: "cluster.local".into(),
             cert_ttl: None,
             network: Network::Loopback(self.net.clone()),
+            limits: self.limits.clone(),
         })
         .expect("proxy")
     }

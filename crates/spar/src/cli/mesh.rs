@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// Workload certificate lifetime issued by the box's CA (default 24h; e.g. 30s to watch rotation).
     #[arg(long)]
     cert_ttl: Option<String>,
+    /// Lifetime of the bearer tokens the box mints for its proxies; each is minted again at
+    /// half its life (e.g. 20s to watch it happen).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    token_ttl: Duration,
 }
 
 #[derive(Args)]
@@ -78,6 +82,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         spar_bin: spar_bin.clone(),
         cert_ttl: args.cert_ttl.clone(),
+        token_ttl: args.token_ttl,
     };
     if !args.detach {
         eprintln!("spar up: starting the mesh; Ctrl-C stops it and removes everything");
@@ -97,6 +102,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.cert_ttl {
         cmd.arg("--cert-ttl").arg(t);
     }
+    cmd.arg("--token-ttl")
+        .arg(format!("{}s", args.token_ttl.as_secs().max(1)));
     cmd.args(&args.paths)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

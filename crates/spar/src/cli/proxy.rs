@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use spar_proxy::control::ControlPlane;
 use spar_proxy::l7::Engine;
 use spar_proxy::l7::telemetry::LogFormat;
+use spar_proxy::limits::Limits;
 use spar_proxy::net::{Capture, Network};
 use spar_proxy::proxy::{Proxy, ProxyOptions};
 use spar_proxy::role::{NodeRole, Role, SidecarRole};
@@ -90,6 +91,18 @@ pub struct CommonArgs {
     /// A pod's network namespace name (under /var/run/netns).
     #[arg(long, default_value = "spar-{namespace}-{name}")]
     netns_template: String,
+    /// Connections one listener (one pod's port) holds at once; more are closed at accept.
+    #[arg(long, default_value_t = 16_384)]
+    max_connections_per_listener: usize,
+    /// Connections one source address holds at one listener.
+    #[arg(long, default_value_t = 512)]
+    max_connections_per_source: usize,
+    /// TLS and HTTP/2 handshakes (HBONE in and out), and a CONNECT's answer.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// An HTTP/1 request head (slowloris protection).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,6 +157,12 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         cert_ttl: a.cert_ttl,
         network: Network::Netns {
             template: a.netns_template.clone(),
+        },
+        limits: Limits {
+            per_listener: a.max_connections_per_listener,
+            per_source: a.max_connections_per_source,
+            handshake: a.handshake_timeout,
+            header_read: a.header_read_timeout,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -77,6 +77,23 @@ fn outbound_plans() {
     );
 }
 
+/// A client that dials the proxy's own capture ports directly would be forwarded back into
+/// the same listener, without end: such connections get no upstream.
+#[test]
+fn the_proxys_own_ports_are_never_a_destination() {
+    let snap = web();
+    let mut rng = StdRng::seed_from_u64(7);
+    for dst in [
+        "127.0.0.1:15001",
+        "10.0.2.3:15006",
+        "10.0.1.2:15001",
+        "1.1.1.1:15006",
+    ] {
+        let p = plan_outbound(&snap, addr(dst), &mut rng);
+        assert!(p.candidates.is_empty(), "{dst}: {p:?}");
+    }
+}
+
 #[test]
 fn outbound_order_is_spread_over_endpoints() {
     let snap = web();
@@ -192,7 +209,12 @@ fn inbound_plans() {
     assert_eq!(ok.target, addr("10.0.2.3:9000"));
     assert!(ok.mtls);
     assert_eq!(ok.source.as_ref().map(|w| w.name.as_str()), Some("a"));
-    for (target, why) in [("10.0.2.2:9000", "not this pod"), ("web:80", "not ip:port")] {
+    for (target, why) in [
+        ("10.0.2.2:9000", "not this pod"),
+        ("web:80", "not ip:port"),
+        ("10.0.2.3:15006", "own capture port"),
+        ("10.0.2.3:15001", "own capture port"),
+    ] {
         let e = plan_inbound(&snap, &pod, &arrive(target, sleep)).expect_err("refused");
         assert_eq!(e.status, 400);
         assert!(e.reason.contains(why), "{e:?}");

@@ -181,3 +181,50 @@ fn locations_and_output_headers() {
         Outcome::Valid(_)
     ));
 }
+
+#[test]
+fn verified_tokens_are_cached_only_as_they_are_and_until_they_expire() {
+    let iss = JwtIssuer::generate("ES256", "k1").expect("key");
+    let r = rules(&iss, json!({"issuer": ISS, "forwardOriginalToken": true}));
+    let good = token(&iss, json!({}));
+    for _ in 0..3 {
+        let mut h = bearer(&good);
+        assert!(matches!(authenticate(&r, &mut h, None), Outcome::Valid(_)));
+        assert!(h.get("authorization").is_some(), "forwarded as asked");
+    }
+    assert_eq!(
+        r[0].cache.lock().expect("lock").len(),
+        1,
+        "verified once, then cached"
+    );
+    // The same claims under another signature are not the cached token.
+    let (head, _) = good.rsplit_once('.').expect("three parts");
+    let forged = format!("{head}.AAAA");
+    assert!(matches!(
+        authenticate(&r, &mut bearer(&forged), None),
+        Outcome::Invalid(_)
+    ));
+    // An entry past its `exp` is not used: the token is verified again (here it fails).
+    let plant = |expires| {
+        r[0].cache.lock().expect("lock").insert(
+            forged.clone(),
+            Verified {
+                claims: json!({"iss": ISS, "sub": "mallory"}),
+                expires: Some(expires),
+            },
+        );
+    };
+    plant(now() - 1);
+    assert!(matches!(
+        authenticate(&r, &mut bearer(&forged), None),
+        Outcome::Invalid(_)
+    ));
+    plant(now() + 60);
+    assert!(
+        matches!(
+            authenticate(&r, &mut bearer(&forged), None),
+            Outcome::Valid(_)
+        ),
+        "a live entry is used as is (this is why only verified tokens are ever inserted)"
+    );
+}
