@@ -168,10 +168,10 @@ fn connection_counters(text: &str) -> (u64, u64, u64) {
 
 /// Connected proxies and NACKs, as the control plane reports them (empty when unreachable).
 fn control_status(paths: &Paths) -> String {
-    let Some(admin) = admin::admin_addr(&paths.control()) else {
+    let Some(admin) = admin::Control::locate(&paths.control()) else {
         return String::new();
     };
-    let Ok((200, body)) = admin::get(&admin, "/debug/status") else {
+    let Ok((200, body)) = admin.get("/debug/status") else {
         return String::new();
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -273,9 +273,9 @@ pub fn label_namespace(
         }
     }
     let doc = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace, "labels": labels } });
-    let admin = admin::admin_addr(&paths.control())
+    let admin = admin::Control::locate(&paths.control())
         .ok_or_else(|| Error::NotRunning(state_dir.display().to_string()))?;
-    let (code, body) = admin::post(&admin, "/apply?source=spar-label", &doc.to_string())?;
+    let (code, body) = admin.post("/apply?source=spar-label", &doc.to_string())?;
     if code != 200 {
         return Err(Error::Invalid(body));
     }

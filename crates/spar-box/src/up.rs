@@ -104,10 +104,10 @@ async fn run_mesh(
 ) -> Result<(), Error> {
     net::create(&state.plan)?;
     let mut control = start_control(opts, paths, None).await?;
-    let admin_addr = admin::admin_addr(&paths.control())
+    let admin_addr = admin::Control::locate(&paths.control())
         .ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
     let body = control_documents(resources, &state.plan);
-    let (code, answer) = admin::post(&admin_addr, "/apply?source=spar-up", &body)?;
+    let (code, answer) = admin_addr.post("/apply?source=spar-up", &body)?;
     if code != 200 {
         let _ = control.kill().await;
         return Err(Error::Invalid(format!(
@@ -367,13 +367,13 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// fresh: a new one at half its life, written whole (temp file, rename) so a proxy that reads
 /// it meanwhile never sees half a token. Proxies read the file on every call.
 fn mint_token(
-    admin_addr: &str,
+    admin_addr: &admin::Control,
     subject: serde_json::Value,
     file: &Path,
     ttl: Duration,
 ) -> Result<(), String> {
     mint_once(admin_addr, &subject, file, ttl)?;
-    let (admin_addr, file) = (admin_addr.to_string(), file.to_path_buf());
+    let (admin_addr, file) = (admin_addr.clone(), file.to_path_buf());
     tokio::spawn(async move {
         let mut wait = ttl / 2;
         loop {
@@ -395,14 +395,15 @@ fn mint_token(
 }
 
 fn mint_once(
-    admin_addr: &str,
+    admin_addr: &admin::Control,
     subject: &serde_json::Value,
     file: &Path,
     ttl: Duration,
 ) -> Result<(), String> {
     let mut body = subject.clone();
     body["ttl_seconds"] = ttl.as_secs().max(1).into();
-    let token = admin::post(admin_addr, "/token", &body.to_string())
+    let token = admin_addr
+        .post("/token", &body.to_string())
         .ok()
         .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["token"].as_str().map(str::to_string))
@@ -438,7 +439,7 @@ fn control_grpc(paths: &Paths) -> String {
 async fn start_sidecar(
     spar: &Path,
     root: &Path,
-    admin_addr: &str,
+    admin_addr: &admin::Control,
     pod: &crate::plan::PodPlan,
     token_ttl: Duration,
 ) -> Option<tokio::process::Child> {
@@ -514,7 +515,7 @@ async fn start_sidecar(
 async fn run_node_proxy(
     spar: PathBuf,
     root: PathBuf,
-    admin_addr: String,
+    admin_addr: admin::Control,
     node: String,
     token_ttl: Duration,
     mut stop: watch::Receiver<bool>,

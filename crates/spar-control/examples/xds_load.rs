@@ -8,7 +8,7 @@
 //! keep only counts, not decoded resources: a thousand full copies of a 100,000-pod mesh in one
 //! process would measure the benchmark, not the control plane.
 //!
-//! usage: xds_load --grpc HOST:PORT --admin HOST:PORT --root PEM --config DIR
+//! usage: xds_load --grpc HOST:PORT --admin HOST:PORT --admin-token FILE --root PEM --config DIR
 //!        --nodes N1,N2.. --sidecars NS/POD,.. [--changes 20] [--probe-ns ns-0 --probe-node node-0]
 
 use std::collections::BTreeMap;
@@ -30,6 +30,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Args {
     grpc: SocketAddr,
     admin: SocketAddr,
+    /// The control plane's admin token (its `<state>/admin-token`).
+    admin_token: String,
     root: String,
     config: String,
     nodes: Vec<String>,
@@ -60,6 +62,9 @@ fn args() -> Result<Args, Error> {
     Ok(Args {
         grpc: get("grpc")?.parse()?,
         admin: get("admin")?.parse()?,
+        admin_token: std::fs::read_to_string(get("admin-token")?)?
+            .trim()
+            .to_string(),
         root: std::fs::read_to_string(get("root")?)?,
         config: get("config")?,
         nodes: list("nodes"),
@@ -76,15 +81,11 @@ fn args() -> Result<Args, Error> {
     })
 }
 
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), Error> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+async fn http(a: &Args, method: &str, path: &str, body: &str) -> Result<(u16, String), Error> {
+    let mut s = tokio::net::TcpStream::connect(a.admin).await?;
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        a.admin_token,
         body.len()
     );
     s.write_all(req.as_bytes()).await?;
@@ -116,7 +117,7 @@ async fn client(
     seen: Seen,
     probe: String,
 ) -> Result<(), Error> {
-    let (_, body) = http(a.admin, "POST", "/token", &subject.to_string()).await?;
+    let (_, body) = http(&a, "POST", "/token", &subject.to_string()).await?;
     let token: serde_json::Value = serde_json::from_str(&body)?;
     let bearer: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", token["token"].as_str().unwrap_or_default()).parse()?;
@@ -260,7 +261,7 @@ async fn main() -> Result<(), Error> {
         if via == "file" {
             std::fs::write(&file, &yaml)?;
         } else {
-            let (code, body) = http(a.admin, "POST", "/apply", &yaml).await?;
+            let (code, body) = http(&a, "POST", "/apply", &yaml).await?;
             if code != 200 {
                 return Err(format!("apply: {code} {body}").into());
             }
@@ -290,7 +291,7 @@ async fn main() -> Result<(), Error> {
             .push((last - t0).as_secs_f64() * 1000.0);
         // The admin-applied probe wins over the file one; remove it so files count again.
         if via == "admin" {
-            let _ = http(a.admin, "POST", "/delete", &yaml).await?;
+            let _ = http(&a, "POST", "/delete", &yaml).await?;
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

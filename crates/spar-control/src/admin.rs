@@ -1,5 +1,10 @@
 //! The admin API (local only): health, config dumps, apply/delete, token minting.
 //! Every failure becomes a JSON answer here, in one place.
+//!
+//! It mints tokens and changes the mesh, so every call carries the bearer token `spar
+//! control` writes owner-only to `<state>/admin-token` (kept across restarts); a request
+//! whose `Host` is a name other than localhost is refused (DNS rebinding), and a POST must
+//! say its body is JSON or YAML (a cross-site form or `text/plain` POST never gets in).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +27,77 @@ pub struct AdminState {
     pub proxies: Proxies,
     pub tokens: Arc<TokenIssuer>,
     pub root_pem: String,
+    /// The bearer token every call must carry.
+    pub admin_token: Arc<str>,
+}
+
+/// Who may call, before any handler runs.
+async fn guard(
+    State(s): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refuse =
+        |code: StatusCode, why: &str| (code, Json(json!({ "error": why }))).into_response();
+    let h = req.headers();
+    let host = h
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !local_host(host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the admin API answers only to localhost, spar or an IP address",
+        );
+    }
+    let presented = h
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(presented.trim().as_bytes(), s.admin_token.as_bytes()) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` with the token in <state>/admin-token",
+        );
+    }
+    if req.method() == axum::http::Method::POST {
+        let ct = h
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !["application/json", "application/yaml", "application/x-yaml"].contains(&essence) {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "POST a body of Content-Type application/json or application/yaml",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// A `Host` a local caller uses: an IP address, `localhost` or `spar`, with any port.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name == "spar"
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn router(state: AdminState) -> Router {
+    let guarded = axum::middleware::from_fn_with_state(state.clone(), guard);
     Router::new()
         .route("/healthz/ready", get(|| async { "ok\n" }))
         .route("/debug/registry", get(registry))
@@ -37,6 +110,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/apply", post(apply))
         .route("/delete", post(delete))
         .route("/token", post(token))
+        .layer(guarded)
         .with_state(state)
 }
 

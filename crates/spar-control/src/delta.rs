@@ -130,9 +130,71 @@ pub struct TypeStream {
     pub synced: Option<Arc<Snapshot>>,
     /// How many resources the client holds.
     pub count: usize,
+    /// Responses not yet ACKed: their nonce and what the client held before each.
+    pub pending: std::collections::VecDeque<(String, Held)>,
 }
 
+/// What a client held before a response (restored if it NACKs the response).
+#[derive(Clone)]
+pub struct Held {
+    state: TypeState,
+    synced: Option<Arc<Snapshot>>,
+    count: usize,
+}
+
+/// Unacknowledged responses remembered per type; a client that never ACKs loses the oldest.
+const MAX_PENDING: usize = 16;
+
 impl TypeStream {
+    pub fn new(state: TypeState) -> TypeStream {
+        TypeStream {
+            state,
+            synced: None,
+            count: 0,
+            pending: Default::default(),
+        }
+    }
+
+    /// What the client holds now, to restore should it refuse what comes next.
+    pub fn held(&self) -> Held {
+        Held {
+            state: self.state.clone(),
+            synced: self.synced.clone(),
+            count: self.count,
+        }
+    }
+
+    /// A response went out with `nonce`; `before` is what the client held until then.
+    pub fn sent(&mut self, nonce: String, before: Held) {
+        if self.pending.len() == MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((nonce, before));
+    }
+
+    /// The client applied the response `nonce` (and so everything before it).
+    pub fn acked(&mut self, nonce: &str) {
+        if let Some(i) = self.pending.iter().position(|(n, _)| n == nonce) {
+            self.pending.drain(..=i);
+        }
+    }
+
+    /// The client refused the response `nonce`: it still holds what it held before it, so
+    /// the next push sends again what that response (and any after it) carried, good
+    /// resources included, instead of taking them as delivered.
+    pub fn nacked(&mut self, nonce: &str) {
+        if let Some(i) = self.pending.iter().position(|(n, _)| n == nonce) {
+            let (_, before) = self
+                .pending
+                .drain(i..)
+                .next()
+                .expect("position is in range");
+            self.state = before.state;
+            self.synced = before.synced;
+            self.count = before.count;
+        }
+    }
+
     /// The next response for this type at `snap`; records it as held.
     pub fn delta(&mut self, view: &ProxyView, type_url: &str, snap: &Arc<Snapshot>) -> Delta {
         let Some(at) = self.synced.take() else {
@@ -272,5 +334,34 @@ mod tests {
         // Unsubscribe a; b arriving later is not sent.
         s.subscribe(&[], &["a".into()]);
         assert_eq!(s.diff(&res(&[("a", "2"), ("b", "2")])).resources.len(), 0);
+    }
+
+    #[test]
+    fn a_nacked_response_is_sent_again_after_the_next_change() {
+        let mut st = TypeStream::new(TypeState::first(&DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["a".into(), "b".into()],
+            ..Default::default()
+        }));
+        let before = st.held();
+        let d = st.state.diff(&res(&[("a", "1"), ("b", "1")]));
+        assert_eq!(names(&d), vec!["a", "b"]);
+        st.sent("n1".into(), before);
+        st.acked("n1");
+        // a (good) and b (bad) change in one response; the client refuses all of it.
+        let before = st.held();
+        let d = st.state.diff(&res(&[("a", "2"), ("b", "2")]));
+        assert_eq!(names(&d), vec!["a", "b"]);
+        st.sent("n2".into(), before);
+        st.nacked("n2");
+        // b is fixed: the good a goes out again with it, not taken as delivered.
+        let d = st.state.diff(&res(&[("a", "2"), ("b", "3")]));
+        assert_eq!(names(&d), vec!["a", "b"]);
+        // An ACK of an older nonce forgets only what it covers.
+        let before = st.held();
+        st.sent("n3".into(), before);
+        let before = st.held();
+        st.sent("n4".into(), before);
+        st.acked("n3");
+        assert_eq!(st.pending.len(), 1);
     }
 }

@@ -57,6 +57,8 @@ impl Options {
 
 /// A running control plane.
 pub struct Running {
+    /// What admin API callers present (`Authorization: Bearer`); also in `<state>/admin-token`.
+    pub admin_token: String,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub root_pem: String,
@@ -173,11 +175,13 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
+    let admin_token = new_admin_token(&opts.state_dir)?;
     let admin_state = AdminState {
         config: config.clone(),
         proxies,
         tokens: tokens.clone(),
         root_pem: ca.root_pem().to_string(),
+        admin_token: admin_token.clone().into(),
     };
     let admin_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, router(admin_state)).await {
@@ -192,6 +196,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     ];
     tracing::info!(%grpc_addr, %admin_addr, trust_domain = %opts.mesh.trust_domain, "control plane ready");
     Ok(Running {
+        admin_token,
         grpc_addr,
         admin_addr,
         root_pem: ca.root_pem().to_string(),
@@ -199,4 +204,28 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         tokens,
         tasks,
     })
+}
+
+/// The admin token, written owner-only where local tools find it: kept across restarts
+/// (as the CA root is), so a client that read it once still gets in after one.
+fn new_admin_token(state_dir: &std::path::Path) -> Result<String, Error> {
+    use std::io::Read;
+    if let Ok(t) = std::fs::read_to_string(state_dir.join("admin-token"))
+        && t.len() == 64
+        && t.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok(t);
+    }
+    let mut raw = [0u8; 32];
+    let state = |source| Error::State {
+        path: state_dir.to_path_buf(),
+        source,
+    };
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(state)?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(state_dir).map_err(state)?;
+    spar_identity::write_private_file(&state_dir.join("admin-token"), &token)?;
+    Ok(token)
 }

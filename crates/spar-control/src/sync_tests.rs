@@ -143,10 +143,8 @@ impl Client {
 
     fn sync(&mut self, snap: &Arc<Snapshot>) {
         for t in TYPES {
-            let st = self.streams.entry(t).or_insert_with(|| TypeStream {
-                state: TypeState::first(&DeltaDiscoveryRequest::default()),
-                synced: None,
-                count: 0,
+            let st = self.streams.entry(t).or_insert_with(|| {
+                TypeStream::new(TypeState::first(&DeltaDiscoveryRequest::default()))
             });
             let d = st.delta(&self.view, t, snap);
             let held = self.held.entry(t).or_default();

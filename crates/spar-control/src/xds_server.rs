@@ -217,14 +217,8 @@ impl Connection {
         let snap = self.config.current();
         match self.types.get_mut(&type_url) {
             None => {
-                self.types.insert(
-                    type_url.clone(),
-                    TypeStream {
-                        state: TypeState::first(&req),
-                        synced: None,
-                        count: 0,
-                    },
-                );
+                self.types
+                    .insert(type_url.clone(), TypeStream::new(TypeState::first(&req)));
                 self.push(&type_url, &snap, true).await
             }
             Some(st) => {
@@ -251,6 +245,12 @@ impl Connection {
     }
 
     fn on_ack(&mut self, req: &DeltaDiscoveryRequest) {
+        if let Some(st) = self.types.get_mut(&req.type_url) {
+            match &req.error_detail {
+                Some(_) => st.nacked(&req.response_nonce),
+                None => st.acked(&req.response_nonce),
+            }
+        }
         let mut proxies = lock(&self.proxies);
         let Some(status) = proxies.get_mut(&self.id) else {
             return;
@@ -288,12 +288,14 @@ impl Connection {
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
+        let before = st.held();
         let delta = st.delta(&self.view, type_url, snap);
         if !always && delta.resources.is_empty() && delta.removed.is_empty() {
             return Ok(());
         }
         self.nonce += 1;
         let nonce = format!("{}-{}", snap.generation, self.nonce);
+        st.sent(nonce.clone(), before);
         {
             let mut proxies = lock(&self.proxies);
             if let Some(status) = proxies.get_mut(&self.id) {

@@ -186,13 +186,12 @@ async fn applied_config_and_root_survive_restart() {
     let running = common::start(state.path(), None).await;
     let root = running.root_pem.clone();
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
-    let (code, body) = common::http(running.admin_addr, "POST", "/apply?source=vs.yaml", vs).await;
+    let (code, body) = common::http(&running, "POST", "/apply?source=vs.yaml", vs).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("VirtualService/shop/reviews"), "{body}");
     // Same validation as `spar validate`: bad input is refused with file, line and field.
     let bad = vs.replace("subset: v1}", "subset: v1}\n      weight: 30\n    - destination: {host: reviews, subset: v2}\n      weight: 30");
-    let (code, body) =
-        common::http(running.admin_addr, "POST", "/apply?source=bad.yaml", &bad).await;
+    let (code, body) = common::http(&running, "POST", "/apply?source=bad.yaml", &bad).await;
     assert_eq!(code, 400);
     assert!(
         body.contains(
@@ -205,13 +204,72 @@ async fn applied_config_and_root_survive_restart() {
 
     let running = common::start(state.path(), None).await;
     assert_eq!(running.root_pem, root, "the root persists");
-    let (_, reg) = common::http(running.admin_addr, "GET", "/debug/registry", "").await;
+    let (_, reg) = common::http(&running, "GET", "/debug/registry", "").await;
     assert!(
         reg.contains("\"reviews\"") && reg.contains("\"subset\":\"v1\""),
         "{reg}"
     );
-    let (code, body) = common::http(running.admin_addr, "POST", "/delete", vs).await;
+    let (code, body) = common::http(&running, "POST", "/delete", vs).await;
     assert_eq!(code, 200, "{body}");
-    let (code, _) = common::http(running.admin_addr, "POST", "/delete", vs).await;
+    let (code, _) = common::http(&running, "POST", "/delete", vs).await;
     assert_eq!(code, 400, "deleting twice reports not found");
+}
+
+/// The admin API mints tokens and changes the mesh: without the admin token, from a
+/// rebinding host name, or as a cross-site `text/plain` POST, nothing gets in.
+#[tokio::test]
+async fn the_admin_api_needs_its_token() {
+    let state = tempfile::tempdir().expect("tmp");
+    let running = common::start(state.path(), None).await;
+    let token_file = state.path().join("admin-token");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).expect("token file"),
+        running.admin_token
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mint = r#"{"kind": "node", "name": "node-1"}"#;
+    let bearer = format!("Authorization: Bearer {}\r\n", running.admin_token);
+    let json = "Content-Type: application/json\r\n";
+    let cases = [
+        ("no token", String::from(json), 401),
+        (
+            "a wrong token",
+            format!("Authorization: Bearer nope\r\n{json}"),
+            401,
+        ),
+        (
+            "text/plain",
+            format!("{bearer}Content-Type: text/plain\r\n"),
+            415,
+        ),
+    ];
+    for (what, headers, want) in cases {
+        let (code, body) = common::raw(running.admin_addr, "POST", "/token", &headers, mint).await;
+        assert_eq!(code, want, "{what}: {body}");
+        assert!(!body.contains("\"token\""), "{what}: {body}");
+    }
+    // A DNS-rebinding page reaches the port under its own host name.
+    let mut s = tokio::net::TcpStream::connect(running.admin_addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /debug/registry HTTP/1.0\r\nHost: evil.example:15014\r\n{bearer}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(
+        out.starts_with("HTTP/1.0 403") || out.starts_with("HTTP/1.1 403"),
+        "{out}"
+    );
+    // With the token: a node token is minted.
+    let (code, body) = common::http(&running, "POST", "/token", mint).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"token\""));
 }

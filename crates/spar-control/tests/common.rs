@@ -73,12 +73,39 @@ pub async fn channel(addr: SocketAddr, root_pem: &str) -> Channel {
 }
 
 /// One HTTP/1.0 request to the admin API; returns (status, body).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+/// An admin API call as `spar` makes it (with the control plane's admin token).
+pub async fn http(
+    r: &spar_control::Running,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    raw(
+        r.admin_addr,
+        method,
+        path,
+        &format!(
+            "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
+            r.admin_token
+        ),
+        body,
+    )
+    .await
+}
+
+/// An admin API call with exactly these extra header lines (each ending in CRLF).
+pub async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("admin reachable");
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");

@@ -194,7 +194,7 @@ async fn delta_xds_initial_update_removal_and_nack() {
             .is_err(),
         "no push for a bad change"
     );
-    let (code, body) = common::http(running.admin_addr, "GET", "/debug/status", "").await;
+    let (code, body) = common::http(&running, "GET", "/debug/status", "").await;
     assert_eq!(code, 200);
     assert!(
         body.contains("broken.yaml:4: Service/x: spec.ports[0].port"),
@@ -229,12 +229,12 @@ async fn delta_xds_initial_update_removal_and_nack() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, body) = common::http(running.admin_addr, "GET", "/debug/status", "").await;
+    let (_, body) = common::http(&running, "GET", "/debug/status", "").await;
     assert!(
         body.contains("cannot parse workload") && body.contains(&rem.nonce),
         "{body}"
     );
-    let (_, dump) = common::http(running.admin_addr, "GET", "/debug/proxies", "").await;
+    let (_, dump) = common::http(&running, "GET", "/debug/proxies", "").await;
     assert!(
         dump.contains("10.1.1.5") && dump.contains("ztunnel~10.1.0.1"),
         "{dump}"

@@ -312,8 +312,9 @@ fn cluster_in_a_box() {
     std::fs::write(&other, OTHER_BOX).expect("write");
     let out = spar(state, &["up", "-d", other.to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", text(&out));
-    let admin = spar_box::admin::admin_addr(&state.join("control")).expect("admin address");
-    let (code, registry) = spar_box::admin::get(&admin, "/debug/registry").expect("registry");
+    let admin =
+        spar_box::admin::Control::locate(&state.join("control")).expect("admin address and token");
+    let (code, registry) = admin.get("/debug/registry").expect("registry");
     assert_eq!(code, 200, "{registry}");
     for ghost in ["bookinfo", "productpage", "ghost"] {
         assert!(

@@ -148,8 +148,24 @@ fn secrets(state: &Path) {
     );
     let s = ok(state, "http://reviews:9080/", 3);
     assert!(all_ok(&s, 3), "{s}");
+    // The admin API mints node tokens: not for a caller without the admin token.
+    let addr = spar_box::admin::admin_addr(&state.join("control")).expect("admin address");
+    let mut c = std::net::TcpStream::connect(&addr).expect("admin");
+    let body = r#"{"kind": "node", "name": "node-1"}"#;
+    write!(
+        c,
+        "POST /token HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut c, &mut answer).expect("read");
+    assert!(
+        answer.contains(" 401 ") && !answer.contains("\"token\""),
+        "{answer}"
+    );
     println!(
-        "secrets: {} key and token files unreadable from a pod; uid 65534; capture kept",
+        "secrets: {} key and token files unreadable from a pod; uid 65534; capture kept; /token without the admin token: 401",
         keys.len()
     );
 }
