@@ -17,6 +17,7 @@ mod authz;
 pub mod l7;
 pub mod security;
 pub mod telemetry;
+pub mod waypoint;
 pub use authz::{authorization, effective_mtls, peer_authentication_policy};
 
 /// Whose config is being computed.
@@ -217,6 +218,8 @@ fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
             xw::WorkloadStatus::Unhealthy
         } as i32,
         cluster_id: reg.mesh.cluster_id.clone(),
+        waypoint: waypoint::waypoint_of(reg, p.namespace, p.labels, waypoint::For::Workload)
+            .map(|w| waypoint::address(reg, &w)),
         ..Default::default()
     }
 }
@@ -303,6 +306,8 @@ fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
                 app_protocol: app_protocol(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
             })
             .collect(),
+        waypoint: waypoint::waypoint_of(reg, r.namespace(), &r.meta.labels, waypoint::For::Service)
+            .map(|w| waypoint::address(reg, &w)),
         ..Default::default()
     }
 }

@@ -65,6 +65,8 @@ pub fn touched(changes: &Changes, view: &ProxyView, type_url: &str) -> Touched {
                     Kind::AuthorizationPolicy,
                     Kind::RequestAuthentication,
                     Kind::ConfigMap,
+                    // A waypoint's policies are the ones targeting its Gateway.
+                    Kind::K8sGateway,
                 ]) =>
         {
             Touched::All

@@ -3,6 +3,17 @@
 
 use crate::meta::{Unsupported, model};
 
+/// The GatewayClass of ambient waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// Which traffic a waypoint takes: `service` (default), `workload`, `all` or `none`.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Opting in: on a namespace, Service or Pod (the most specific wins; `none` opts out).
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// The waypoint's namespace, when it is not the opted-in resource's own.
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// The label the pods of a Gateway's deployment carry (Gateway API's).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
 model! {
     pub struct Gateway {
         pub gateway_class_name: String,

@@ -89,6 +89,25 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
                     );
                 }
             }
+            if s.gateway_class_name == crate::gateway_api::WAYPOINT_CLASS {
+                let one_hbone = s.listeners.len() == 1
+                    && s.listeners[0].port == 15008
+                    && s.listeners[0].protocol == "HBONE";
+                if !one_hbone {
+                    v.err(
+                        "spec.listeners",
+                        "a waypoint has exactly one listener, on port 15008 with protocol HBONE",
+                    );
+                }
+                if let Some(f) = r.meta.labels.get(crate::gateway_api::WAYPOINT_FOR)
+                    && !["service", "workload", "all", "none"].contains(&f.as_str())
+                {
+                    v.err(
+                        format!("metadata.labels.{}", crate::gateway_api::WAYPOINT_FOR),
+                        format!("{f:?}: use service, workload, all or none"),
+                    );
+                }
+            }
         }
         _ => {}
     }
@@ -505,15 +524,16 @@ mod tests {
                      {"key": "request.auth.claims[groups]", "values": ["g"]}]}]}),
         );
         assert!(issues(fine).is_empty());
-        let targeted = decode(&ap(
-            json!({"targetRefs": [{"kind": "Service", "group": "", "name": "web"}]}),
-        ))
+        let targeted = decode(&ap(json!({"targetRefs": [
+            {"kind": "Service", "group": "", "name": "web"},
+            {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"}]})))
         .expect("decodes");
         let found = validate(&targeted);
+        assert_eq!(found.len(), 1, "{found:?}");
         assert!(
-            found.iter().any(|i| i.path == "spec.targetRefs"
-                && i.severity == crate::problem::Severity::Warning
-                && i.message.contains("not enforced")),
+            found[0].path == "spec.targetRefs[1]"
+                && found[0].severity == crate::problem::Severity::Warning
+                && found[0].message.contains("not enforced"),
             "accepted but not enforced is said by name: {found:?}"
         );
     }

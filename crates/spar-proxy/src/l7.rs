@@ -28,6 +28,7 @@ pub mod retry;
 pub mod route;
 pub mod telemetry;
 pub mod upstream;
+pub mod waypoint;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;

@@ -5,6 +5,7 @@
 mod enrol;
 pub mod node;
 pub mod sidecar;
+pub mod waypoint;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::snapshot::WorkloadInfo;
 pub use enrol::run;
 pub use node::NodeRole;
 pub use sidecar::SidecarRole;
+pub use waypoint::WaypointRole;
 
 /// A proxy role. Its `Deliver` half serves inbound connections policy admitted.
 pub trait Role: Deliver {
@@ -29,6 +31,10 @@ pub trait Role: Deliver {
     /// Whether this proxy serves `w`.
     fn serves(&self, w: &WorkloadInfo) -> bool;
     fn capture(&self) -> Capture;
+    /// Whether the pod's traffic is redirected to the proxy (a waypoint's is not).
+    fn captures(&self) -> bool {
+        true
+    }
     /// Serve an enrolled pod's listeners; the tasks are aborted when the pod leaves.
     fn start(self: Arc<Self>, pod: Arc<Pod>, l: Listeners) -> Vec<JoinHandle<()>>;
     /// Metrics beyond the TCP ones every role has.

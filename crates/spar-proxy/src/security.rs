@@ -52,7 +52,8 @@ pub fn compile(w: &Wire) -> Result<Compiled, Error> {
     match w.kind.as_str() {
         "AuthorizationPolicy" => {
             let spec: sec::AuthorizationPolicy = serde_json::from_str(&w.spec).map_err(bad)?;
-            let policy = authz::compile(&name, &spec)?;
+            let mut policy = authz::compile(&name, &spec)?;
+            policy.services = w.services.clone();
             let provider = if w.provider.is_empty() {
                 None
             } else {
@@ -63,7 +64,11 @@ pub fn compile(w: &Wire) -> Result<Compiled, Error> {
         "RequestAuthentication" => {
             let spec: sec::RequestAuthentication = serde_json::from_str(&w.spec).map_err(bad)?;
             let jwks: BTreeMap<String, String> = w.jwks.clone().into_iter().collect();
-            Ok(Compiled::Authn(jwt::compile(&name, &spec, &jwks)?))
+            let mut rules = jwt::compile(&name, &spec, &jwks)?;
+            for r in &mut rules {
+                r.services = w.services.clone();
+            }
+            Ok(Compiled::Authn(rules))
         }
         other => Err(Error::Config {
             resource: name,
@@ -100,6 +105,7 @@ impl Config {
                     action: authz::Action::Deny,
                     // One empty rule matches everything.
                     rules: vec![authz::Rule::default()],
+                    services: Vec::new(),
                 }),
             }
         }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use spar_model::istio::mesh::{self, MeshConfig};
-use spar_model::meta::WorkloadSelector;
+use spar_model::meta::{PolicyTargetReference, WorkloadSelector};
 use spar_model::{Kind, Resource, Spec, labels_match};
 use spar_xds::l7 as xl7;
 
@@ -56,6 +56,58 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// Where a policy applies for `pod`: not at all, to everything it serves, or (at a waypoint,
+/// by `targetRefs` to Services) to requests for these service keys only.
+fn reach(
+    reg: &Registry,
+    r: &Resource,
+    selector: Option<&WorkloadSelector>,
+    refs: &[&PolicyTargetReference],
+    pod: &Pod<'_>,
+) -> Option<Vec<String>> {
+    let Some(gw) = super::waypoint::served_by(reg, pod) else {
+        // A sidecar: selector and namespace scoping; targetRef policies are a waypoint's.
+        return (refs.is_empty() && applies(reg, r, selector, pod)).then(Vec::new);
+    };
+    // A waypoint: only policies that target it (its Gateway, the waypoint GatewayClass from
+    // the root namespace, or Services), as Istio's waypoints ignore selector policies.
+    let mut services = Vec::new();
+    let mut whole = false;
+    for t in refs {
+        let ns = t.namespace.as_deref().unwrap_or(r.namespace());
+        match (t.group.as_str(), t.kind.as_str()) {
+            ("gateway.networking.k8s.io", "Gateway") => {
+                whole |= ns == gw.namespace() && t.name == gw.name();
+            }
+            ("gateway.networking.k8s.io", "GatewayClass") => {
+                whole |= r.namespace() == reg.mesh.root_namespace
+                    && t.name == spar_model::gateway_api::WAYPOINT_CLASS;
+            }
+            ("" | "core", "Service") => {
+                services.push(format!(
+                    "{ns}/{}.{ns}.svc.{}",
+                    t.name, reg.mesh.domain_suffix
+                ));
+            }
+            _ => {}
+        }
+    }
+    if whole {
+        Some(Vec::new())
+    } else if services.is_empty() {
+        None
+    } else {
+        Some(services)
+    }
+}
+
+fn refs<'a>(
+    one: &'a Option<PolicyTargetReference>,
+    many: &'a [PolicyTargetReference],
+) -> Vec<&'a PolicyTargetReference> {
+    one.iter().chain(many).collect()
+}
+
 /// The policies of `pod`, by resource name (`KIND/namespace/name`).
 pub fn for_pod(
     reg: &Registry,
@@ -68,10 +120,15 @@ pub fn for_pod(
         let Spec::AuthorizationPolicy(ap) = &r.spec else {
             continue;
         };
-        let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
-        if targeted || !applies(reg, r, ap.selector.as_ref(), pod) {
+        let Some(services) = reach(
+            reg,
+            r,
+            ap.selector.as_ref(),
+            &refs(&ap.target_ref, &ap.target_refs),
+            pod,
+        ) else {
             continue;
-        }
+        };
         let provider = match (&ap.action, &ap.provider) {
             (Some(a), Some(p)) if a == "CUSTOM" => mesh.provider_json(&p.name).unwrap_or_default(),
             _ => String::new(),
@@ -85,6 +142,7 @@ pub fn for_pod(
                 spec: json(ap),
                 provider,
                 jwks: BTreeMap::new(),
+                services,
             },
         );
     }
@@ -92,10 +150,15 @@ pub fn for_pod(
         let Spec::RequestAuthentication(ra) = &r.spec else {
             continue;
         };
-        let targeted = ra.target_ref.is_some() || !ra.target_refs.is_empty();
-        if targeted || !applies(reg, r, ra.selector.as_ref(), pod) {
+        let Some(services) = reach(
+            reg,
+            r,
+            ra.selector.as_ref(),
+            &refs(&ra.target_ref, &ra.target_refs),
+            pod,
+        ) else {
             continue;
-        }
+        };
         let keys = ra
             .jwt_rules
             .iter()
@@ -116,6 +179,7 @@ pub fn for_pod(
                 spec: json(ra),
                 provider: String::new(),
                 jwks: keys,
+                services,
             },
         );
     }

@@ -35,11 +35,21 @@ impl Checker {
                 "selector and targetRef(s) are mutually exclusive",
             );
         }
-        if targeted {
-            self.warn(
-                "spec.targetRefs",
-                "binds the policy to a waypoint or gateway, which spar does not run yet: not enforced",
+        for (i, t) in s.target_ref.iter().chain(&s.target_refs).enumerate() {
+            let ok = matches!(
+                (t.group.as_str(), t.kind.as_str()),
+                ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
+                    | ("" | "core", "Service")
             );
+            if !ok {
+                self.warn(
+                    format!("spec.targetRefs[{i}]"),
+                    format!(
+                        "{}/{}: spar's waypoints take Gateway, GatewayClass and Service targets; not enforced",
+                        t.group, t.kind
+                    ),
+                );
+            }
         }
         for (i, rule) in s.rules.iter().enumerate() {
             let p = format!("spec.rules[{i}]");

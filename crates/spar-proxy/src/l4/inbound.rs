@@ -94,9 +94,29 @@ pub async fn plaintext<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, pe
 
 /// Serve an HBONE connection: mTLS, HTTP/2, then each CONNECT stream on its own task.
 pub async fn hbone<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
-    let proxy = role.proxy();
+    let proxy = role.proxy().clone();
+    tunnels(
+        &proxy,
+        &pod.identity.clone(),
+        s,
+        peer,
+        |req, respond, peer_id| {
+            let (role, pod) = (role.clone(), pod.clone());
+            tokio::spawn(stream(role, pod, peer, peer_id, req, respond));
+        },
+    )
+    .await
+}
+
+/// The HBONE server side every role shares: TLS 1.3 with `identity`'s certificate (the
+/// client's required and checked), HTTP/2, within the handshake timeout; then `each` gets
+/// every stream with the client's verified identity, until the client goes away.
+pub async fn tunnels<F>(proxy: &Proxy, identity: &str, s: TcpStream, peer: SocketAddr, mut each: F)
+where
+    F: FnMut(Request<RecvStream>, SendResponse<Bytes>, Option<String>),
+{
     let cfg = match crate::tls::server_config(
-        proxy.certs.slot(&pod.identity),
+        proxy.certs.slot(identity),
         proxy.roots.clone(),
         &proxy.trust_domain,
     ) {
@@ -138,8 +158,7 @@ pub async fn hbone<R: Deliver>(role: Arc<R>, pod: Arc<Pod>, s: TcpStream, peer: 
             Ok(r) => r,
             Err(e) => return tracing::debug!(error = %e, "HBONE connection closed"),
         };
-        let (role, pod, peer_id) = (role.clone(), pod.clone(), peer_id.clone());
-        tokio::spawn(stream(role, pod, peer, peer_id, req, respond));
+        each(req, respond, peer_id.clone());
     }
 }
 

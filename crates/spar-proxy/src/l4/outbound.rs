@@ -18,13 +18,20 @@ use crate::hbone::Connect;
 use crate::net::OUTBOUND_MARK;
 use crate::proxy::{Pod, Proxy};
 
-/// Serve one captured outbound connection.
-pub async fn serve(proxy: Arc<Proxy>, pod: Arc<Pod>, s: TcpStream, peer: SocketAddr) {
+/// Serve one captured outbound connection (`waypoints`: through the destination's waypoint,
+/// as node proxies do).
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    s: TcpStream,
+    peer: SocketAddr,
+    waypoints: bool,
+) {
     let Ok(dst) = pod.net.original_dst(&s) else {
         return reset(s);
     };
     let snap = proxy.snapshot.load_full();
-    let plan = plan_outbound(&snap, dst, &mut rand::rng());
+    let plan = plan_outbound(&snap, dst, waypoints, &mut rand::rng());
     drop(snap);
     forward(&proxy, &pod, s, peer, dst, plan).await
 }

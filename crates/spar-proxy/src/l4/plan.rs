@@ -82,13 +82,23 @@ pub struct OutboundPlan {
 /// `:15006`): forwarding it would dial the same listener again, without end.
 pub const CAPTURE_PORTS: [u16; 2] = [15001, 15006];
 
-/// Decide where a captured outbound connection to `dst` goes.
-pub fn plan_outbound(snap: &Snapshot, dst: SocketAddr, rng: &mut impl Rng) -> OutboundPlan {
+/// Decide where a captured outbound connection to `dst` goes. With `waypoints` (node
+/// proxies), a destination that uses a waypoint is reached through it: HBONE to a waypoint
+/// pod, CONNECT to the original destination (Istio's ztunnel does the same).
+pub fn plan_outbound(
+    snap: &Snapshot,
+    dst: SocketAddr,
+    waypoints: bool,
+    rng: &mut impl Rng,
+) -> OutboundPlan {
     if CAPTURE_PORTS.contains(&dst.port()) {
         return OutboundPlan {
             candidates: Vec::new(),
             service: None,
         };
+    }
+    if waypoints && let Some(plan) = via_waypoint(snap, dst, rng) {
+        return plan;
     }
     if let Some(svc) = snap.by_vip.get(&dst.ip()) {
         return to_service(svc, dst.port(), None, rng);
@@ -104,6 +114,47 @@ pub fn plan_outbound(snap: &Snapshot, dst: SocketAddr, rng: &mut impl Rng) -> Ou
         candidates,
         service: None,
     }
+}
+
+/// The waypoint `dst` uses (a service VIP's, else a pod's), as candidates: each waypoint pod,
+/// in random order, tunnelling to `dst` itself. A destination whose waypoint has no pod yet
+/// gets no candidate: its traffic waits for the waypoint rather than skip it.
+fn via_waypoint(snap: &Snapshot, dst: SocketAddr, rng: &mut impl Rng) -> Option<OutboundPlan> {
+    use spar_xds::workload::gateway_address::Destination;
+    let (ga, service) = match snap.by_vip.get(&dst.ip()) {
+        Some(svc) => (
+            svc.service.as_ref()?.waypoint.as_ref()?,
+            Some(svc.key.clone()),
+        ),
+        None => (snap.by_ip.get(&dst.ip())?.workload.waypoint.as_ref()?, None),
+    };
+    let Some(Destination::Hostname(h)) = &ga.destination else {
+        return None;
+    };
+    let port = u16::try_from(ga.hbone_mtls_port).ok()?;
+    let mut candidates: Vec<Upstream> = snap
+        .services
+        .get(&ServiceKey::new(&h.namespace, &h.hostname))
+        .map(|wp| {
+            wp.endpoints
+                .iter()
+                .map(|e| Upstream::Hbone {
+                    addr: SocketAddr::new(e.ip, port),
+                    target: dst,
+                    identity: e.workload.identity.clone(),
+                    workload: e.workload.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.shuffle(rng);
+    if candidates.is_empty() {
+        tracing::warn!(%dst, waypoint = %h.hostname, "the waypoint has no ready pod; not bypassing it");
+    }
+    Some(OutboundPlan {
+        candidates,
+        service,
+    })
 }
 
 /// Every endpoint of `svc` serving `port` (of `members` only, when a subset is named), in
@@ -139,11 +190,11 @@ pub fn tcp_plan(
             .find(|r| r.ports.is_empty() || r.ports.contains(&dst.port()))
     });
     let Some(route) = route else {
-        return plan_outbound(snap, dst, rng);
+        return plan_outbound(snap, dst, false, rng);
     };
     let Some(t) = crate::l7::route::pick_weighted(&route.targets, |n| rng.random_range(0..n))
     else {
-        return plan_outbound(snap, dst, rng);
+        return plan_outbound(snap, dst, false, rng);
     };
     let Some(target) = snap.service_by_host(&t.target.host) else {
         return OutboundPlan {
@@ -249,7 +300,10 @@ pub fn plan_inbound(
             sni: None,
             http: None,
         };
-        let v = evaluate(snap.security.authz.iter(), &facts);
+        let v = evaluate(
+            snap.security.authz.iter().filter(|p| p.covers(None)),
+            &facts,
+        );
         if let Some((policy, _)) = v.custom {
             return Err(refuse(
                 401,

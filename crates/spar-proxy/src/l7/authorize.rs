@@ -72,11 +72,13 @@ pub async fn authorize(
     if sec.is_empty() {
         return Ok(Vec::new());
     }
+    // At a waypoint, Service-targeted policies cover requests for their services only.
+    let service = cx.conn.http_service.as_ref().map(|k| k.as_str());
     // 1. authn
     let auth = if sec.jwt.is_empty() {
         None
     } else {
-        match jwt::authenticate(&sec.jwt, &mut parts.headers, parts.uri.query()) {
+        match jwt::authenticate_for(&sec.jwt, service, &mut parts.headers, parts.uri.query()) {
             Outcome::Missing => None,
             Outcome::Valid(a) => Some(a),
             Outcome::Invalid(why) => {
@@ -123,7 +125,7 @@ pub async fn authorize(
                 auth: auth.as_deref(),
             }),
         };
-        evaluate(sec.authz.iter(), &facts)
+        evaluate(sec.authz.iter().filter(|p| p.covers(service)), &facts)
     };
     let mut verdict = judge(&parts.headers);
     for a in &verdict.audit {

@@ -25,7 +25,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use super::attempt::{self, Exchange};
 use super::body::{Body, ReqBody, counted};
@@ -38,8 +37,11 @@ use super::{mirror, respond};
 use crate::Error;
 use crate::snapshot::Snapshot;
 
-/// Serve HTTP on a captured connection until the client closes it.
-pub async fn serve(ds: Arc<Downstream>, s: TcpStream) {
+/// Serve HTTP on a downstream connection until the client closes it.
+pub async fn serve<S>(ds: Arc<Downstream>, s: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header_read = ds.proxy.limits.header_read;
     let svc = hyper::service::service_fn(move |req| {
         let ds = ds.clone();
@@ -62,7 +64,7 @@ pub async fn serve(ds: Arc<Downstream>, s: TcpStream) {
 pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let snap = ds.proxy.snapshot.load_full();
-    let log = AccessLog::of(&req, ds.peer, ds.dst, &ds.pod.identity);
+    let log = AccessLog::of(&req, ds.peer, ds.dst, &ds.client_identity);
     let grpc = is_grpc(req.headers());
     let mut report = Report::default();
     let resp = match forward(&ds, &snap, req, &log.request_id, &mut report).await {
@@ -198,7 +200,7 @@ fn finish(
     let service = report.cluster.clone().unwrap_or_else(|| ds.service.clone());
     let dst = report.upstream.as_ref().and_then(|u| u.workload());
     let peers = Peers {
-        src: Some(&ds.pod.workload),
+        src: ds.client.as_deref(),
         src_principal: None,
         dst: dst.map(|w| &**w),
         service: &service,
@@ -208,7 +210,7 @@ fn finish(
             "unknown"
         },
     };
-    let labels = HttpLabels::new("source", &peers, &resp, grpc, report.flags);
+    let labels = HttpLabels::new(ds.reporter, &peers, &resp, grpc, report.flags);
     log.response_code = resp.status().as_u16();
     log.response_flags = report.flags.to_string();
     log.attempts = report.attempts;

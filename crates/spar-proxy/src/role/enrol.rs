@@ -86,7 +86,9 @@ async fn enrol<R: Role>(role: &Arc<R>, w: Arc<WorkloadInfo>) -> Result<Enrolled,
         dns: net.bind_udp(15053).await?,
     };
     proxy.certs.slot(&w.identity);
-    net.capture(&role.capture())?;
+    if role.captures() {
+        net.capture(&role.capture())?;
+    }
     let pod = Arc::new(Pod {
         identity: w.identity.clone(),
         workload: w,

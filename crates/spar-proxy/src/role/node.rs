@@ -53,7 +53,7 @@ impl Role for NodeRole {
         vec![
             tokio::spawn(crate::dns::serve(l.dns, proxy.snapshot.clone(), upstreams)),
             accept_loop(l.outbound, proxy.admission(), move |s, peer| {
-                outbound::serve(p.clone(), out_pod.clone(), s, peer)
+                outbound::serve(p.clone(), out_pod.clone(), s, peer, true)
             }),
             accept_loop(l.inbound, proxy.admission(), move |s, peer| {
                 inbound::plaintext(r1.clone(), in_pod.clone(), s, peer)

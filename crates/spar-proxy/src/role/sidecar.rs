@@ -102,7 +102,7 @@ impl SidecarRole {
         else {
             // Not a service with L7 config: L4 (pod addresses, passthrough).
             drop(snap);
-            return outbound::serve(self.proxy.clone(), pod, s, peer).await;
+            return outbound::serve(self.proxy.clone(), pod, s, peer, false).await;
         };
         let protocol = svc
             .l7
@@ -120,6 +120,9 @@ impl SidecarRole {
         }
         let ds = Arc::new(Downstream {
             proxy: self.proxy.clone(),
+            reporter: "source",
+            client: Some(pod.workload.clone()),
+            client_identity: pod.identity.clone(),
             pod,
             engine: self.engine.clone(),
             service: svc.key.clone(),

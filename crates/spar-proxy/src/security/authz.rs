@@ -38,6 +38,16 @@ pub struct Policy {
     pub name: String,
     pub action: Action,
     pub rules: Vec<Rule>,
+    /// At a waypoint, the services (`namespace/hostname`) a Service-targeted policy covers;
+    /// empty: everything the proxy serves.
+    pub services: Vec<String>,
+}
+
+impl Policy {
+    /// Whether the policy covers a request for `service`.
+    pub fn covers(&self, service: Option<&str>) -> bool {
+        self.services.is_empty() || service.is_some_and(|s| self.services.iter().any(|x| x == s))
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -34,6 +34,8 @@ pub struct Rule {
     pub forward: bool,
     pub payload_header: Option<HeaderName>,
     pub claim_headers: Vec<(HeaderName, String)>,
+    /// At a waypoint, the services a Service-targeted rule covers; empty: all.
+    pub services: Vec<String>,
     /// Tokens this rule verified, until they expire: a client sends the same token on every
     /// request, and a signature check costs more than the rest of the request's
     /// authorization (Envoy keeps such a cache too). The key is the whole token, signature
@@ -44,7 +46,8 @@ pub struct Rule {
 
 #[derive(Clone)]
 struct Verified {
-    claims: serde_json::Value,
+    /// What the token says, built once when it verified.
+    auth: std::sync::Arc<RequestAuth>,
     /// `exp`, in seconds since the epoch.
     expires: Option<u64>,
 }
@@ -60,15 +63,15 @@ fn now_secs() -> u64 {
 }
 
 impl Rule {
-    fn cached(&self, token: &str) -> Option<serde_json::Value> {
+    fn cached(&self, token: &str) -> Option<std::sync::Arc<RequestAuth>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let v = cache.get(token)?;
         v.expires
             .is_none_or(|exp| now_secs() < exp)
-            .then(|| v.claims.clone())
+            .then(|| v.auth.clone())
     }
 
-    fn remember(&self, token: &str, claims: &serde_json::Value) {
+    fn remember(&self, token: &str, auth: &std::sync::Arc<RequestAuth>) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_SIZE {
             cache.clear();
@@ -76,8 +79,8 @@ impl Rule {
         cache.insert(
             token.to_string(),
             Verified {
-                claims: claims.clone(),
-                expires: claims.get("exp").and_then(|e| e.as_u64()),
+                auth: auth.clone(),
+                expires: auth.claims.get("exp").and_then(|e| e.as_u64()),
             },
         );
     }
@@ -98,7 +101,7 @@ impl std::fmt::Debug for Rule {
 pub enum Outcome {
     /// No token anywhere the rules look.
     Missing,
-    Valid(Box<RequestAuth>),
+    Valid(std::sync::Arc<RequestAuth>),
     /// A token that did not verify: the 401 body says why.
     Invalid(String),
 }
@@ -190,6 +193,7 @@ pub fn compile(
                     ))
                 })
                 .collect::<Result<_, Error>>()?,
+            services: Vec::new(),
             cache: Default::default(),
         });
     }
@@ -304,6 +308,26 @@ fn verify(rule: &Rule, token: &str) -> Result<serde_json::Value, String> {
 
 /// Authenticate a request: find, verify, then adjust the headers sent on.
 pub fn authenticate(rules: &[Rule], headers: &mut HeaderMap, query: Option<&str>) -> Outcome {
+    authenticate_for(rules, None, headers, query)
+}
+
+/// As `authenticate`, with only the rules that cover a request for `service`.
+pub fn authenticate_for(
+    rules: &[Rule],
+    service: Option<&str>,
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+) -> Outcome {
+    let covering: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| {
+            r.services.is_empty() || service.is_some_and(|s| r.services.iter().any(|x| x == s))
+        })
+        .collect();
+    authenticate_rules(&covering, headers, query)
+}
+
+fn authenticate_rules(rules: &[&Rule], headers: &mut HeaderMap, query: Option<&str>) -> Outcome {
     // Output headers come only from a verified token, never from the client.
     for r in rules {
         if let Some(h) = &r.payload_header {
@@ -342,18 +366,28 @@ pub fn authenticate(rules: &[Rule], headers: &mut HeaderMap, query: Option<&str>
         Ok(c) => c,
         Err(why) => return Outcome::Invalid(why),
     };
-    rule.remember(&token, &claims);
-    accepted(rule, claims, &loc, headers)
+    let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("");
+    let auth = std::sync::Arc::new(RequestAuth {
+        principal: format!("{iss}/{sub}"),
+        audiences: string_list(claims.get("aud").unwrap_or(&serde_json::Value::Null)),
+        presenter: claims
+            .get("azp")
+            .and_then(|a| a.as_str())
+            .map(str::to_string),
+        claims,
+    });
+    rule.remember(&token, &auth);
+    accepted(rule, auth, &loc, headers)
 }
 
 /// A verified token: strip it unless forwarded, set the output headers, and say who sent it.
 fn accepted(
     rule: &Rule,
-    claims: serde_json::Value,
+    auth: std::sync::Arc<RequestAuth>,
     loc: &Location,
     headers: &mut HeaderMap,
 ) -> Outcome {
-    let iss = rule.issuer.as_str();
+    let claims = &auth.claims;
     if !rule.forward
         && let Location::Header { name, .. } = loc
     {
@@ -376,16 +410,7 @@ fn accepted(
             headers.insert(h.clone(), v);
         }
     }
-    let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or("");
-    Outcome::Valid(Box::new(RequestAuth {
-        principal: format!("{iss}/{sub}"),
-        audiences: string_list(claims.get("aud").unwrap_or(&serde_json::Value::Null)),
-        presenter: claims
-            .get("azp")
-            .and_then(|a| a.as_str())
-            .map(str::to_string),
-        claims,
-    }))
+    Outcome::Valid(auth)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use spar_proxy::l7::Engine;
 use spar_proxy::net::loopback::LoopbackNet;
 use spar_proxy::net::{Capture, Network};
 use spar_proxy::proxy::{Proxy, ProxyOptions};
-use spar_proxy::role::{NodeRole, Role, SidecarRole};
+use spar_proxy::role::{NodeRole, Role, SidecarRole, WaypointRole};
 use tokio::task::JoinHandle;
 
 /// A pod to be: its namespace, name, labels, service account and node.
@@ -210,6 +210,7 @@ impl Builder {
             services: self.services,
             sidecars: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            waypoints: BTreeMap::new(),
             tasks: Vec::new(),
             limits: self.limits,
         }
@@ -229,6 +230,7 @@ pub struct Mesh {
     services: Vec<ServiceSpec>,
     pub sidecars: BTreeMap<String, Arc<SidecarRole>>,
     pub nodes: BTreeMap<String, Arc<NodeRole>>,
+    pub waypoints: BTreeMap<String, Arc<WaypointRole>>,
     tasks: Vec<JoinHandle<()>>,
     limits: spar_proxy::limits::Limits,
 }
@@ -492,6 +494,55 @@ impl Mesh {
         }
     }
 
+    /// Start the waypoint in `pod` for the Gateway `gateway` (the pod runs as its service
+    /// account and carries its label); wait until it serves its pod and holds its
+    /// certificate.
+    #[allow(dead_code)]
+    pub async fn waypoint(&mut self, pod: &str, gateway: &str) -> Arc<WaypointRole> {
+        let p = self.pod(pod).clone();
+        let proxy = self.proxy(
+            &format!("{}/{}", p.namespace, p.name),
+            Subject::Pod {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                service_account: p.service_account.clone(),
+            },
+            &format!("waypoint-{}", p.name),
+        );
+        let role = Arc::new(WaypointRole {
+            proxy: proxy.clone(),
+            engine: Arc::new(Engine::default()),
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            gateway: gateway.into(),
+        });
+        self.tasks
+            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
+        let uid = format!("Kubernetes//Pod/{}/{}", p.namespace, p.name);
+        eventually(
+            &format!("the waypoint serves {}", p.name),
+            Duration::from_secs(10),
+            || {
+                let (proxy, uid) = (proxy.clone(), uid.clone());
+                async move {
+                    proxy
+                        .enrolled
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&uid)
+                }
+            },
+        )
+        .await;
+        let id = format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            p.namespace, p.service_account
+        );
+        proxy.certs.get(&id).await.expect("certificate");
+        self.waypoints.insert(p.name.clone(), role.clone());
+        role
+    }
+
     /// Start the node proxy of `node`; it enrols the ambient pods placed there.
     pub async fn node_proxy(&mut self, node: &str) -> Arc<NodeRole> {
         let proxy = self.proxy(
@@ -647,14 +698,20 @@ impl Mesh {
     }
 
     /// Prometheus text of a sidecar's metrics.
+    /// The metrics of the sidecar or waypoint in `pod`.
     pub fn metrics(&self, pod: &str) -> String {
-        let role = self
-            .sidecars
-            .get(pod)
-            .unwrap_or_else(|| panic!("no sidecar {pod}"));
         let mut r = prometheus_client::registry::Registry::default();
-        role.proxy().metrics.register(&mut r);
-        role.register_metrics(&mut r);
+        if let Some(w) = self.waypoints.get(pod) {
+            w.proxy().metrics.register(&mut r);
+            w.register_metrics(&mut r);
+        } else {
+            let role = self
+                .sidecars
+                .get(pod)
+                .unwrap_or_else(|| panic!("no sidecar or waypoint {pod}"));
+            role.proxy().metrics.register(&mut r);
+            role.register_metrics(&mut r);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
         out

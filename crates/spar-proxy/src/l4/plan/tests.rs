@@ -41,7 +41,7 @@ fn outbound_plans() {
     let snap = web();
     let mut rng = StdRng::seed_from_u64(7);
     // VIP -> each endpoint, HBONE for the mesh one, plain for the other, target port mapped.
-    let p = plan_outbound(&snap, addr("10.96.0.1:80"), &mut rng);
+    let p = plan_outbound(&snap, addr("10.96.0.1:80"), false, &mut rng);
     assert_eq!(
         p.service.as_ref().map(ServiceKey::as_str),
         Some("ns/web.ns.svc.cluster.local")
@@ -57,19 +57,19 @@ fn outbound_plans() {
     );
     // A port the service does not have: nothing to try.
     assert!(
-        plan_outbound(&snap, addr("10.96.0.1:81"), &mut rng)
+        plan_outbound(&snap, addr("10.96.0.1:81"), false, &mut rng)
             .candidates
             .is_empty()
     );
     // A pod address: that workload, on the port asked for.
-    let p = plan_outbound(&snap, addr("10.0.2.3:9000"), &mut rng);
+    let p = plan_outbound(&snap, addr("10.0.2.3:9000"), false, &mut rng);
     assert_eq!(
         p.candidates.iter().map(describe).collect::<Vec<_>>(),
         vec!["hbone 10.0.2.3:15008 10.0.2.3:9000 spiffe://cluster.local/ns/ns/sa/sa"]
     );
     // Outside the mesh: passthrough.
     assert_eq!(
-        plan_outbound(&snap, addr("1.1.1.1:443"), &mut rng).candidates,
+        plan_outbound(&snap, addr("1.1.1.1:443"), false, &mut rng).candidates,
         vec![Upstream::Direct {
             addr: addr("1.1.1.1:443"),
             workload: None
@@ -89,7 +89,7 @@ fn the_proxys_own_ports_are_never_a_destination() {
         "10.0.1.2:15001",
         "1.1.1.1:15006",
     ] {
-        let p = plan_outbound(&snap, addr(dst), &mut rng);
+        let p = plan_outbound(&snap, addr(dst), false, &mut rng);
         assert!(p.candidates.is_empty(), "{dst}: {p:?}");
     }
 }
@@ -100,7 +100,7 @@ fn outbound_order_is_spread_over_endpoints() {
     let mut rng = StdRng::seed_from_u64(1);
     let mut first = BTreeMap::new();
     for _ in 0..200 {
-        let p = plan_outbound(&snap, addr("10.96.0.1:80"), &mut rng);
+        let p = plan_outbound(&snap, addr("10.96.0.1:80"), false, &mut rng);
         *first.entry(p.candidates[0].target()).or_insert(0) += 1;
     }
     assert_eq!(

@@ -250,5 +250,6 @@ pub fn compile(name: &str, spec: &sec::AuthorizationPolicy) -> Result<Policy, Er
         name: name.to_string(),
         action,
         rules,
+        services: Vec::new(),
     })
 }

@@ -240,7 +240,7 @@ proptest! {
         let (mut h, q) = place(custom, slot, &token);
         if let Outcome::Valid(auth) = authenticate(rule_set(custom), &mut h, q.as_deref()) {
             prop_assert_eq!(&auth.claims, &TOKEN.1, "{}", token);
-            prop_assert_eq!(auth.principal, format!("{ISS}/alice"));
+            prop_assert_eq!(&auth.principal, &format!("{ISS}/alice"));
         }
     }
 

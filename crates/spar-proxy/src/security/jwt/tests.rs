@@ -209,7 +209,11 @@ fn verified_tokens_are_cached_only_as_they_are_and_until_they_expire() {
         r[0].cache.lock().expect("lock").insert(
             forged.clone(),
             Verified {
-                claims: json!({"iss": ISS, "sub": "mallory"}),
+                auth: std::sync::Arc::new(RequestAuth {
+                    principal: format!("{ISS}/mallory"),
+                    claims: json!({"iss": ISS, "sub": "mallory"}),
+                    ..Default::default()
+                }),
                 expires: Some(expires),
             },
         );
