@@ -12,5 +12,6 @@ pub mod spec;
 pub mod state;
 pub mod supervise;
 pub mod up;
+pub mod waypoint;
 
 pub use error::Error;

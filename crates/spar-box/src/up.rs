@@ -54,7 +54,10 @@ pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
         let p: Vec<String> = loaded.errors().map(|p| p.to_string()).collect();
         return Err(Error::Invalid(p.join("\n")));
     }
-    let resources: Vec<Resource> = loaded.resources.into_iter().map(|(r, _)| r).collect();
+    let mut resources: Vec<Resource> = loaded.resources.into_iter().map(|(r, _)| r).collect();
+    // Waypoint Gateways become their pods and Service, as Istio deploys them.
+    let waypoints = crate::waypoint::expand(&resources)?;
+    resources.extend(waypoints);
     let plan = plan(&resources, &spec)?;
     Ok((resources, plan))
 }
@@ -156,6 +159,12 @@ async fn run_mesh(
         );
         let (spar, admin_addr) = (opts.spar_bin.clone(), admin_addr.clone());
         let token_ttl = opts.token_ttl;
+        if let Some(gateway) = crate::waypoint::gateway_of(&pod).map(str::to_string) {
+            tasks.push(tokio::spawn(crate::waypoint::run(
+                spar, root, admin_addr, pod, gateway, token_ttl, stop,
+            )));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             let uid = format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name);
             let sidecar = if pod.sidecar {
@@ -253,6 +262,13 @@ async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<Co
             .flat_map(|c| c.ports.clone())
             .collect();
         let (netns, ip) = (pod.netns.clone(), pod.ip);
+        // A waypoint pod runs no container: it is ready when its proxy serves HBONE.
+        let waypoint = crate::waypoint::gateway_of(pod).is_some();
+        let (running, ports) = if waypoint {
+            (true, vec![15008])
+        } else {
+            (running, ports)
+        };
         let ready = completed
             || running
                 && tokio::task::spawn_blocking(move || ports_ready(&netns, ip, &ports))
@@ -366,7 +382,7 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// Mint a token at the control plane and write it where only root can read it, then keep it
 /// fresh: a new one at half its life, written whole (temp file, rename) so a proxy that reads
 /// it meanwhile never sees half a token. Proxies read the file on every call.
-fn mint_token(
+pub(crate) fn mint_token(
     admin_addr: &admin::Control,
     subject: serde_json::Value,
     file: &Path,
@@ -426,7 +442,7 @@ fn mint_once(
         .map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
-fn control_grpc(paths: &Paths) -> String {
+pub(crate) fn control_grpc(paths: &Paths) -> String {
     std::fs::read_to_string(paths.control().join("endpoints.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

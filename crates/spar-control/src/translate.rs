@@ -71,6 +71,11 @@ pub fn translate(reg: &Registry) -> Translated {
             continue;
         }
         let mut w = workload(reg, &pod);
+        if let Some(only) = waypoint::only_policy(reg, &pod) {
+            let key = format!("{}/{}", only.namespace, only.name);
+            w.authorization_policies.push(key.clone());
+            policies.insert(key, only);
+        }
         if let Some(pa) = peer_authentication_policy(reg, &pod) {
             let key = format!("{}/{}", pa.namespace, pa.name);
             w.authorization_policies.push(key.clone());

@@ -9,6 +9,7 @@ use spar_model::gateway_api::{
     GATEWAY_NAME_LABEL, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_CLASS, WAYPOINT_FOR,
 };
 use spar_model::{Kind, Labels, Resource, Spec, labels_match};
+use spar_xds::security as xsec;
 use spar_xds::workload as xw;
 
 use crate::registry::Registry;
@@ -111,6 +112,47 @@ pub fn address(reg: &Registry, (ns, name): &(String, String)) -> xw::GatewayAddr
         )),
         hbone_mtls_port: HBONE_PORT,
     }
+}
+
+/// The namespace label that turns on waypoint-only enforcement for its pods.
+pub const ENFORCE: &str = "spar.io/waypoint-only";
+
+/// Waypoint-only enforcement (Spar's opt-in; Istio lets traffic that skipped the waypoint
+/// through): when `pod`'s namespace is labelled `spar.io/waypoint-only: "true"` and the pod
+/// or a Service selecting it uses a waypoint, an L4 DENY for every caller but that
+/// waypoint's identity, listed on the pod, so its node proxy refuses connections that
+/// bypassed the waypoint.
+pub fn only_policy(reg: &Registry, pod: &crate::registry::Pod<'_>) -> Option<xsec::Authorization> {
+    let on = reg
+        .namespace_labels(pod.namespace)
+        .and_then(|l| l.get(ENFORCE))
+        .is_some_and(|v| v == "true");
+    if !on {
+        return None;
+    }
+    let (ns, name) = waypoint_of(reg, pod.namespace, pod.labels, For::Workload).or_else(|| {
+        reg.services_selecting(pod)
+            .into_iter()
+            .find_map(|(r, _)| waypoint_of(reg, r.namespace(), &r.meta.labels, For::Service))
+    })?;
+    let principal = format!("{}/ns/{ns}/sa/{name}", reg.mesh.trust_domain);
+    Some(xsec::Authorization {
+        name: format!("spar-waypoint-only-{ns}-{name}"),
+        namespace: pod.namespace.to_string(),
+        scope: xsec::Scope::WorkloadSelector as i32,
+        action: xsec::Action::Deny as i32,
+        rules: vec![xsec::Rule {
+            clauses: vec![xsec::Clause {
+                matches: vec![xsec::Match {
+                    not_principals: vec![xsec::StringMatch {
+                        match_type: Some(xsec::string_match::MatchType::Exact(principal)),
+                    }],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        dry_run: false,
+    })
 }
 
 /// The waypoint Gateway a pod runs for, if it is one's (its pods carry the Gateway API

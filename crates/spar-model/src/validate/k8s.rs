@@ -76,7 +76,11 @@ impl Checker {
                 "the pod template's labels do not match spec.selector",
             );
         }
-        self.containers(&s.template.spec.containers);
+        // A waypoint Gateway's Deployment (made by the box) runs the waypoint proxy alone.
+        let gateway = labels.contains_key(crate::gateway_api::GATEWAY_NAME_LABEL);
+        if !(gateway && s.template.spec.containers.is_empty()) {
+            self.containers(&s.template.spec.containers);
+        }
         if let Some(p) = s
             .template
             .spec

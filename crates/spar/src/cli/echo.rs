@@ -68,6 +68,10 @@ pub enum EchoCommand {
         /// Open a new connection for every request.
         #[arg(long)]
         no_keepalive: bool,
+        /// Exit with an error unless every request got a 2xx answer (for Jobs that should
+        /// be retried, `restartPolicy: OnFailure`).
+        #[arg(long)]
+        fail_on_error: bool,
     },
     /// An ext_authz server for CUSTOM policies (as Istio's sample): allows requests that
     /// carry `x-ext-authz: allow`, over HTTP and gRPC (`envoy.service.auth.v3.Authorization`).
@@ -142,6 +146,7 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 timeout,
                 no_keepalive,
                 method,
+                fail_on_error,
             } => {
                 let method = spar_echo::Method::from_bytes(method.as_bytes())
                     .map_err(|_| anyhow::anyhow!("invalid method {method:?}"))?;
@@ -174,6 +179,18 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                     s.errors < s.requests || s.requests == 0,
                     "every request failed: {}",
                     s.first_error.unwrap_or_default()
+                );
+                let ok: usize = s
+                    .by_status
+                    .iter()
+                    .filter(|(c, _)| (200..300).contains(*c))
+                    .map(|(_, n)| n)
+                    .sum();
+                anyhow::ensure!(
+                    !fail_on_error || ok == s.requests,
+                    "{} of {} requests did not get a 2xx answer",
+                    s.requests - ok,
+                    s.requests
                 );
             }
             EchoCommand::Tcp { addr, message } => {

@@ -1,5 +1,5 @@
 //! `spar proxy node` runs the ambient node proxy for one node; `spar proxy sidecar` runs the
-//! L4+L7 proxy of one injected pod.
+//! L4+L7 proxy of one injected pod; `spar proxy waypoint` runs an ambient waypoint.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use spar_proxy::l7::telemetry::LogFormat;
 use spar_proxy::limits::Limits;
 use spar_proxy::net::{Capture, Network};
 use spar_proxy::proxy::{Proxy, ProxyOptions};
-use spar_proxy::role::{NodeRole, Role, SidecarRole};
+use spar_proxy::role::{NodeRole, Role, SidecarRole, WaypointRole};
 
 #[derive(Subcommand)]
 pub enum ProxyCommand {
@@ -23,6 +23,30 @@ pub enum ProxyCommand {
     /// The per-pod L4+L7 proxy (sidecar mode): captures one pod's traffic, HBONE mTLS with
     /// the pod's own certificate, VirtualService/DestinationRule routing, request metrics.
     Sidecar(SidecarArgs),
+    /// An ambient waypoint (a Gateway of class istio-waypoint): HBONE in on 15008 from the
+    /// clients' node proxies, L7 routing and policy, HBONE out with its own identity.
+    Waypoint(WaypointArgs),
+}
+
+#[derive(Args)]
+pub struct WaypointArgs {
+    /// The waypoint pod's namespace (the Gateway's).
+    #[arg(long)]
+    namespace: String,
+    /// The waypoint pod's name.
+    #[arg(long)]
+    pod: String,
+    /// The Gateway it runs for.
+    #[arg(long)]
+    gateway: String,
+    /// Access log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    access_log_format: String,
+    /// Runtime worker threads (a waypoint serves many clients; ztunnel runs two).
+    #[arg(long, env = "SPAR_WAYPOINT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -112,6 +136,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What `spar proxy` was asked to run.
 enum Which {
     Node,
+    Waypoint {
+        namespace: String,
+        pod: String,
+        gateway: String,
+        log_format: LogFormat,
+    },
     Sidecar {
         namespace: String,
         pod: String,
@@ -123,6 +153,21 @@ enum Which {
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
     let (which, name, workers, a) = match cmd {
         ProxyCommand::Node(n) => (Which::Node, n.node, n.workers, n.common),
+        ProxyCommand::Waypoint(w) => (
+            Which::Waypoint {
+                namespace: w.namespace.clone(),
+                pod: w.pod.clone(),
+                gateway: w.gateway,
+                log_format: if w.access_log_format == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+            },
+            format!("{}/{}", w.namespace, w.pod),
+            w.workers,
+            w.common,
+        ),
         ProxyCommand::Sidecar(s) => (
             Which::Sidecar {
                 namespace: s.namespace.clone(),
@@ -174,6 +219,21 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         let proxy = Proxy::new(opts)?;
         match which {
             Which::Node => serve(Arc::new(NodeRole { proxy }), "node", &name, &a).await,
+            Which::Waypoint {
+                namespace,
+                pod,
+                gateway,
+                log_format,
+            } => {
+                let role = WaypointRole {
+                    proxy,
+                    engine: Arc::new(Engine::new(log_format)),
+                    namespace,
+                    pod,
+                    gateway,
+                };
+                serve(Arc::new(role), "waypoint", &name, &a).await
+            }
             Which::Sidecar {
                 namespace,
                 pod,
