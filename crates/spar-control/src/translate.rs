@@ -14,6 +14,7 @@ use spar_xds::workload::{self as xw};
 use crate::registry::{DataplaneMode, Pod, Registry};
 
 mod authz;
+pub mod gamma;
 pub mod l7;
 pub mod security;
 pub mod telemetry;

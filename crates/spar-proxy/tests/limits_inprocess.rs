@@ -173,3 +173,46 @@ async fn a_hung_endpoint_is_failed_over_within_the_handshake_timeout() {
     );
     held.abort();
 }
+
+/// A client that never finishes its request head (slowloris) is dropped after the header
+/// timeout, instead of holding a connection (and a task) for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_dropped() {
+    let header_read = Duration::from_millis(400);
+    let mut mesh = Builder::new()
+        .namespace("mesh", &[("istio-injection", "enabled")])
+        .service("mesh", "reviews", &[(9080, "http")], &[("app", "reviews")])
+        .pod("mesh", "client", &[("app", "client"), ("sa", "client")])
+        .pod(
+            "mesh",
+            "reviews-v1",
+            &[("app", "reviews"), ("sa", "reviews")],
+        )
+        .limits(Limits {
+            header_read,
+            ..Limits::default()
+        })
+        .start()
+        .await;
+    mesh.echo("reviews-v1", &[9080]).await;
+    mesh.sidecars(&["reviews-v1", "client"]).await;
+    let mut s = mesh.connect("client", "reviews", 9080).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n")
+        .await
+        .expect("part of a head");
+    let start = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)).await,
+        "the half-sent request is dropped"
+    );
+    assert!(
+        start.elapsed() >= header_read && start.elapsed() < header_read * 5,
+        "after the header timeout: {:?}",
+        start.elapsed()
+    );
+    // A whole request on a new connection is served.
+    assert_eq!(
+        mesh.get("client", "reviews", 9080, "/", &[]).await.status,
+        200
+    );
+}

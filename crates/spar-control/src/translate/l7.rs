@@ -141,6 +141,12 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
             }
         }
     }
+    // Gateway API routes attached to a Service (GAMMA) win over its VirtualService.
+    for (key, names, vs) in super::gamma::virtual_services(reg) {
+        if let Some(h) = out.get_mut(&key) {
+            h.virtual_service = Some((names, vs));
+        }
+    }
     for r in reg.of_kind(Kind::DestinationRule) {
         let Spec::DestinationRule(dr) = &r.spec else {
             continue;
