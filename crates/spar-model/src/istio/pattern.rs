@@ -149,6 +149,17 @@ fn unreserved(b: u8) -> bool {
 /// RFC 3986 normalization as Envoy applies it before authorization: percent-encoded
 /// unreserved characters decoded, `.` and `..` segments removed, runs of `/` merged.
 pub fn normalize_path(path: &str) -> String {
+    // The common case, already normal: no escapes, no empty, `.` or `..` segments.
+    let normal = path.starts_with('/')
+        && !path.contains('%')
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..");
+    if normal {
+        return path.to_string();
+    }
     let b = path.as_bytes();
     let mut decoded = Vec::with_capacity(b.len());
     let mut i = 0;
