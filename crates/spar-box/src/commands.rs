@@ -96,6 +96,32 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
             n.fabric_ip.to_string()
         );
     }
+    for (n, pod) in s
+        .plan
+        .pods
+        .iter()
+        .filter(|p| crate::ingress::is_ingress(p))
+        .enumerate()
+    {
+        let addr = crate::ingress::host_address(n);
+        let ports: std::collections::BTreeSet<u32> = s
+            .plan
+            .services
+            .iter()
+            .flat_map(|sv| &sv.ports)
+            .flat_map(|p| &p.endpoints)
+            .filter(|(ip, _)| *ip == pod.ip)
+            .map(|(_, port)| *port)
+            .collect();
+        let urls: Vec<String> = ports.iter().map(|p| format!("{addr}:{p}")).collect();
+        let _ = writeln!(
+            out,
+            "INGRESS   {}/{} reachable from this host at {}",
+            pod.namespace,
+            pod.name,
+            urls.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "\nNAMESPACE    POD                      NODE      IP            MODE     READY  RESTARTS"

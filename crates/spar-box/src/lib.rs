@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod commands;
 pub mod error;
+pub mod ingress;
 pub mod net;
 pub mod plan;
 pub mod sandbox;

@@ -25,7 +25,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<(), Error> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), Error> {
     run("ip", args).map(|_| ())
 }
 
@@ -99,6 +99,15 @@ pub fn create(plan: &Plan) -> Result<(), Error> {
     }
     for pod in &plan.pods {
         create_pod(plan, pod)?;
+    }
+    // Ingress gateways are reached from the host.
+    for (n, pod) in plan
+        .pods
+        .iter()
+        .filter(|p| crate::ingress::is_ingress(p))
+        .enumerate()
+    {
+        crate::ingress::link_to_host(pod, n)?;
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
     // Waypoint Gateways become their pods and Service, as Istio deploys them.
     let waypoints = crate::waypoint::expand(&resources)?;
     resources.extend(waypoints);
+    let ingresses = crate::ingress::expand(&resources)?;
+    resources.extend(ingresses);
     let plan = plan(&resources, &spec)?;
     Ok((resources, plan))
 }
@@ -159,6 +161,20 @@ async fn run_mesh(
         );
         let (spar, admin_addr) = (opts.spar_bin.clone(), admin_addr.clone());
         let token_ttl = opts.token_ttl;
+        if crate::ingress::is_ingress(&pod) {
+            let listeners = crate::ingress::listeners(resources, &pod);
+            tasks.push(tokio::spawn(crate::ingress::run(
+                spar,
+                root,
+                admin_addr,
+                pod,
+                listeners,
+                resources.to_vec(),
+                token_ttl,
+                stop,
+            )));
+            continue;
+        }
         if let Some(gateway) = crate::waypoint::gateway_of(&pod).map(str::to_string) {
             tasks.push(tokio::spawn(crate::waypoint::run(
                 spar, root, admin_addr, pod, gateway, token_ttl, stop,
@@ -262,10 +278,21 @@ async fn refresh_status(state: &mut BoxState, containers: &[(usize, Arc<Mutex<Co
             .flat_map(|c| c.ports.clone())
             .collect();
         let (netns, ip) = (pod.netns.clone(), pod.ip);
-        // A waypoint pod runs no container: it is ready when its proxy serves HBONE.
-        let waypoint = crate::waypoint::gateway_of(pod).is_some();
-        let (running, ports) = if waypoint {
+        // A waypoint pod runs no container: it is ready when its proxy serves HBONE; an
+        // ingress pod when its listeners are up.
+        let (running, ports) = if crate::waypoint::gateway_of(pod).is_some() {
             (true, vec![15008])
+        } else if crate::ingress::is_ingress(pod) {
+            let ports: Vec<u32> = state
+                .plan
+                .services
+                .iter()
+                .flat_map(|s| &s.ports)
+                .flat_map(|p| &p.endpoints)
+                .filter(|(ip, _)| *ip == pod.ip)
+                .map(|(_, port)| *port)
+                .collect();
+            (true, ports)
         } else {
             (running, ports)
         };
@@ -408,6 +435,24 @@ pub(crate) fn mint_token(
         }
     });
     Ok(())
+}
+
+/// Write `text` owner-only, whole (a temp file renamed over `path`).
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(text.as_bytes())?;
+    std::fs::rename(&tmp, path)
 }
 
 fn mint_once(
@@ -597,7 +642,8 @@ async fn run_node_proxy(
 /// virtual IPs filled in) and one Pod per planned replica, placed and addressed.
 pub fn control_documents(resources: &[Resource], plan: &Plan) -> String {
     let mut docs: Vec<serde_json::Value> = Vec::new();
-    for r in resources {
+    // Secrets are for the gateways' processes alone, never the control plane.
+    for r in resources.iter().filter(|r| r.kind != Kind::Secret) {
         let mut v = r.to_value();
         if let Spec::Service(_) = &r.spec
             && let Some(s) = plan

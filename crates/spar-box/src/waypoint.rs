@@ -49,6 +49,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
         let labels = serde_json::json!({
             GATEWAY_NAME_LABEL: name,
             "istio.io/dataplane-mode": "none",
+            crate::ingress::ROLE_LABEL: "waypoint",
         });
         let mut docs = Vec::new();
         if !exists(Kind::ServiceAccount, ns, name) {
@@ -98,8 +99,13 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
 
 /// The waypoint Gateway a planned pod runs for.
 pub fn gateway_of(pod: &PodPlan) -> Option<&str> {
-    pod.containers
-        .is_empty()
+    let waypoint = pod.containers.is_empty()
+        && pod
+            .labels
+            .get(crate::ingress::ROLE_LABEL)
+            .map(String::as_str)
+            == Some("waypoint");
+    waypoint
         .then(|| pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str))
         .flatten()
 }

@@ -80,6 +80,8 @@ impl ConfigState {
         let mut merged: std::collections::BTreeMap<ResourceKey, Arc<Resource>> =
             lock(&self.dir_resources)
                 .iter()
+                // A Secret in the config directory is the gateways' business, not the mesh's.
+                .filter(|r| r.kind != Kind::Secret)
                 .map(|r| (r.key(), r.clone()))
                 .collect();
         // Applied resources win over files: `spar apply` is the later, explicit intent.
@@ -155,6 +157,19 @@ impl ConfigState {
         let loaded = spar_model::load_str(source, text);
         if loaded.has_errors() {
             return Err(loaded.problems);
+        }
+        if let Some((r, _)) = loaded
+            .resources
+            .iter()
+            .find(|(r, _)| r.kind == Kind::Secret)
+        {
+            return Err(vec![internal(
+                source,
+                &format!(
+                    "{}: the control plane never stores a Secret (its keys belong to the gateway that serves them); give it to `spar up` with the mesh's files",
+                    r.key()
+                ),
+            )]);
         }
         let mut done = Vec::new();
         for (mut r, _) in loaded.resources {

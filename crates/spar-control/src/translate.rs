@@ -15,6 +15,7 @@ use crate::registry::{DataplaneMode, Pod, Registry};
 
 mod authz;
 pub mod gamma;
+pub mod ingress;
 pub mod l7;
 pub mod security;
 pub mod telemetry;

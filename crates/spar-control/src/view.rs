@@ -55,7 +55,9 @@ pub fn touched(changes: &Changes, view: &ProxyView, type_url: &str) -> Touched {
         AUTHORIZATION_TYPE if own_changed => Touched::All,
         AUTHORIZATION_TYPE => names(&changes.names.authorizations),
         L7_TYPE if !sidecar => Touched::Nothing,
-        L7_TYPE if own_changed || kinds(&[Kind::Sidecar]) => Touched::All,
+        L7_TYPE if own_changed || kinds(&[Kind::Sidecar, Kind::K8sGateway, Kind::Gateway]) => {
+            Touched::All
+        }
         L7_TYPE => names(&changes.names.l7),
         POLICY_TYPE | TELEMETRY_TYPE if !sidecar => Touched::Nothing,
         POLICY_TYPE
@@ -116,12 +118,12 @@ pub fn lookup(s: &Snapshot, view: &ProxyView, type_url: &str, name: &str) -> Opt
             let pod = own_pod(s, view)?;
             let item = s.xds.l7.get(name)?;
             let scope = l7::egress_scope(&s.registry, &pod);
-            l7::in_scope(
+            (l7::in_scope(
                 &scope,
                 pod.namespace,
                 &item.host.namespace,
                 &item.host.hostname,
-            )
+            ) && crate::translate::ingress::visible(&s.registry, &item.host, &pod))
             .then(|| item.for_pod(pod.namespace, pod.labels))
         }
         // Small per-pod views: looked up in the whole view.
@@ -172,6 +174,7 @@ pub fn list(s: &Snapshot, view: &ProxyView, type_url: &str) -> BTreeMap<Arc<str>
                 .iter()
                 .filter(|(_, h)| {
                     l7::in_scope(&scope, pod.namespace, &h.host.namespace, &h.host.hostname)
+                        && crate::translate::ingress::visible(reg, &h.host, &pod)
                 })
                 .map(|(k, h)| (k.clone(), h.for_pod(pod.namespace, pod.labels)))
                 .collect()

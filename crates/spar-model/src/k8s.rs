@@ -199,3 +199,64 @@ impl PodSpec {
             .unwrap_or("default")
     }
 }
+
+/// A Secret: its type and its entries, decoded (`data` is base64, `stringData` plain text).
+#[derive(Clone, PartialEq, Default)]
+pub struct Secret {
+    pub kind: String,
+    pub data: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values: a Secret holds keys.
+        f.debug_struct("Secret")
+            .field("type", &self.kind)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secret {
+    pub(crate) fn decode(
+        kind: Option<&serde_json::Value>,
+        data: Option<&serde_json::Value>,
+        string_data: Option<&serde_json::Value>,
+    ) -> Result<Secret, (String, String)> {
+        use base64::Engine as _;
+        let mut out = Secret {
+            kind: kind
+                .and_then(|k| k.as_str())
+                .unwrap_or("Opaque")
+                .to_string(),
+            data: Default::default(),
+        };
+        let map = |v: Option<&serde_json::Value>,
+                   field: &str|
+         -> Result<Vec<(String, String)>, (String, String)> {
+            match v {
+                None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+                Some(serde_json::Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, v)| {
+                        v.as_str()
+                            .map(|s| (k.clone(), s.to_string()))
+                            .ok_or_else(|| (format!("{field}.{k}"), "expected a string".into()))
+                    })
+                    .collect(),
+                Some(_) => Err((field.into(), "expected a map of strings".into())),
+            }
+        };
+        for (k, v) in map(data, "data")? {
+            let clean: String = v.split_whitespace().collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(clean.as_bytes())
+                .map_err(|_| (format!("data.{k}"), "not base64".to_string()))?;
+            out.data.insert(k, bytes);
+        }
+        for (k, v) in map(string_data, "stringData")? {
+            out.data.insert(k, v.into_bytes());
+        }
+        Ok(out)
+    }
+}

@@ -39,10 +39,13 @@ pub enum Kind {
     /// Only Istio's mesh config (`istio-system/istio`, key `mesh`) is read; other ConfigMaps
     /// are accepted as data.
     ConfigMap,
+    /// TLS credentials for gateways (`kubernetes.io/tls`). Read by the box only: the control
+    /// plane never stores one, and its data is never printed.
+    Secret,
 }
 
 impl Kind {
-    const ALL: [Kind; 22] = [
+    const ALL: [Kind; 23] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -65,6 +68,7 @@ impl Kind {
         Kind::Pod,
         Kind::Node,
         Kind::ConfigMap,
+        Kind::Secret,
     ];
 
     /// The `kind:` string as written in YAML.
@@ -91,6 +95,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -117,7 +122,8 @@ impl Kind {
             | Kind::Service
             | Kind::Pod
             | Kind::Node
-            | Kind::ConfigMap => "",
+            | Kind::ConfigMap
+            | Kind::Secret => "",
         }
     }
 
@@ -204,6 +210,7 @@ pub enum Spec {
     Node(k8s::NodeSpec, k8s::NodeStatus),
     /// A ConfigMap's `data`.
     ConfigMap(std::collections::BTreeMap<String, String>),
+    Secret(crate::k8s::Secret),
 }
 
 /// A resource: kind, metadata and typed spec.
@@ -287,6 +294,14 @@ impl Resource {
             Spec::Node(s, st) => (Some(to_json(s)), Some(to_json(st))),
             Spec::ConfigMap(data) => {
                 obj.insert("data".into(), to_json(data));
+                (None, None)
+            }
+            Spec::Secret(sec) => {
+                // Keys never leave in a dump: the names of the entries only.
+                obj.insert("type".into(), to_json(&sec.kind));
+                let redacted: std::collections::BTreeMap<&String, &str> =
+                    sec.data.keys().map(|k| (k, "<redacted>")).collect();
+                obj.insert("data".into(), to_json(&redacted));
                 (None, None)
             }
         };
@@ -374,6 +389,15 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
     for key in obj.keys() {
         let allowed: &[&str] = if kind == Kind::ConfigMap {
             &["apiVersion", "kind", "metadata", "data"]
+        } else if kind == Kind::Secret {
+            &[
+                "apiVersion",
+                "kind",
+                "metadata",
+                "type",
+                "data",
+                "stringData",
+            ]
         } else {
             &["apiVersion", "kind", "metadata", "spec", "status"]
         };
@@ -414,6 +438,11 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
             Kind::Pod => Spec::Pod(typed(spec_v, "spec")?, typed(status_v, "status")?),
             Kind::Node => Spec::Node(typed(spec_v, "spec")?, typed(status_v, "status")?),
             Kind::ConfigMap => Spec::ConfigMap(typed(obj.get("data"), "data")?),
+            Kind::Secret => Spec::Secret(crate::k8s::Secret::decode(
+                obj.get("type"),
+                obj.get("data"),
+                obj.get("stringData"),
+            )?),
         })
     })()
     .map_err(|(p, m)| err(Some(kind), &name, &p, m))?;
@@ -470,7 +499,8 @@ mod tests {
         );
         assert_eq!(Kind::lookup("apps/v1", "Deployment"), Ok(Kind::Deployment));
         assert_eq!(Kind::lookup("v1", "ConfigMap"), Ok(Kind::ConfigMap));
-        assert!(Kind::lookup("v1", "Secret").is_err());
+        assert_eq!(Kind::lookup("v1", "Secret"), Ok(Kind::Secret));
+        assert!(Kind::lookup("v1", "PersistentVolume").is_err());
         assert!(Kind::lookup("networking.istio.io/v9", "VirtualService").is_err());
         assert!(Kind::lookup("security.istio.io/v1", "VirtualService").is_err());
     }
@@ -494,4 +524,20 @@ mod tests {
         let again = decode(&r.to_value()).expect("decodes again");
         assert_eq!(r, again);
     }
+
+    #[test]
+    fn a_secret_is_decoded_and_never_printed() {
+        let v = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cred", "namespace": "ns"}, "type": "kubernetes.io/tls",
+            "data": {"tls.key": "c2VjcmV0LWtleQ=="}, "stringData": {"tls.crt": "cert"}});
+        let r = decode(&v).expect("decodes");
+        let Spec::Secret(s) = &r.spec else {
+            panic!("a secret")
+        };
+        assert_eq!(s.data["tls.key"], b"secret-key");
+        assert_eq!(s.data["tls.crt"], b"cert");
+        let shown = format!("{:?} {}", r, r.to_value());
+        assert!(!shown.contains("secret-key") && !shown.contains("c2VjcmV0"), "{shown}");
+    }
 }
+

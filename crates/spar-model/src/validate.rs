@@ -80,12 +80,56 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
                 }
             }
         }
+        Spec::Secret(sec) if sec.kind == "kubernetes.io/tls" => {
+            for key in ["tls.crt", "tls.key"] {
+                let pem = sec
+                    .data
+                    .get(key)
+                    .map(|b| String::from_utf8_lossy(b).into_owned());
+                if !pem.is_some_and(|p| p.contains("-----BEGIN")) {
+                    v.err(
+                        format!("data.{key}"),
+                        "a kubernetes.io/tls Secret needs a PEM tls.crt and tls.key",
+                    );
+                }
+            }
+        }
+        Spec::Gateway(g) => {
+            for (i, srv) in g.servers.iter().enumerate() {
+                let Some(tls) = &srv.tls else { continue };
+                let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("SIMPLE");
+                if mode != "SIMPLE" || tls.get("credentialName").is_none() {
+                    v.warn(
+                        format!("spec.servers[{i}].tls"),
+                        "spar terminates TLS (mode SIMPLE) with credentialName (a kubernetes.io/tls Secret given to spar up); other modes are not acted on",
+                    );
+                }
+            }
+        }
         Spec::K8sGateway(s) => {
             for (i, l) in s.listeners.iter().enumerate() {
                 if !["HTTP", "HTTPS", "TCP", "TLS", "HBONE", "UDP"].contains(&l.protocol.as_str()) {
                     v.err(
                         format!("spec.listeners[{i}].protocol"),
                         format!("unknown protocol {:?}", l.protocol),
+                    );
+                }
+            }
+            for (i, l) in s.listeners.iter().enumerate() {
+                let Some(tls) = &l.tls else { continue };
+                let mode = tls
+                    .get("mode")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("Terminate");
+                let has_ref = tls
+                    .get("certificateRefs")
+                    .and_then(|c| c.get(0))
+                    .and_then(|c| c.get("name"))
+                    .is_some();
+                if mode != "Terminate" || !has_ref {
+                    v.warn(
+                        format!("spec.listeners[{i}].tls"),
+                        "spar terminates TLS with certificateRefs[0] (a kubernetes.io/tls Secret given to spar up); other TLS settings are not acted on",
                     );
                 }
             }
@@ -214,8 +258,7 @@ impl Checker {
                 "spec.trafficPolicy.loadBalancer.localityLbSetting",
                 "spec.trafficPolicy.loadBalancer.warmup",
             ],
-            Kind::Gateway => &["spec.servers[*].tls"],
-            Kind::K8sGateway => &["spec.infrastructure", "spec.listeners[*].tls"],
+            Kind::K8sGateway => &["spec.infrastructure"],
             Kind::HttpRoute => &[
                 "spec.rules[*].sessionPersistence",
                 "spec.rules[*].filters[*].extensionRef",

@@ -19,6 +19,7 @@ pub mod downstream;
 pub mod facts;
 pub mod headers;
 pub mod inbound;
+pub mod ingress;
 pub mod mirror;
 pub mod outbound;
 pub mod outlier;

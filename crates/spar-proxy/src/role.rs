@@ -3,6 +3,7 @@
 //! `l7`, and what every role shares in `proxy`.
 
 mod enrol;
+pub mod gateway;
 pub mod node;
 pub mod sidecar;
 pub mod waypoint;
@@ -18,6 +19,7 @@ use crate::proxy::{Listeners, Pod};
 use crate::snapshot::WorkloadInfo;
 
 pub use enrol::run;
+pub use gateway::{GatewayListener, GatewayRole};
 pub use node::NodeRole;
 pub use sidecar::SidecarRole;
 pub use waypoint::WaypointRole;

@@ -169,6 +169,16 @@ fn value_match(kind: Option<&str>, value: &str) -> Value {
     }
 }
 
+/// An HTTPRoute's rules as VirtualService `http` routes (also for ingress gateways).
+pub fn http_rules_of(
+    reg: &Registry,
+    r: &Resource,
+    hr: &HttpRoute,
+    port: Option<u32>,
+) -> Vec<Value> {
+    http_rules(reg, r, hr, port)
+}
+
 fn http_rules(reg: &Registry, r: &Resource, hr: &HttpRoute, port: Option<u32>) -> Vec<Value> {
     hr.rules
         .iter()

@@ -23,6 +23,9 @@ pub struct Host {
     pub virtual_service: Option<(String, VirtualService)>,
     pub destination_rule: Option<(String, DestinationRule)>,
     pub subsets: BTreeMap<String, xl7::Members>,
+    /// An ingress gateway's listener (kind, namespace, name of the gateway): only its pods
+    /// get this host.
+    pub gateway: Option<(spar_model::Kind, String, String)>,
 }
 
 /// `reviews` in namespace `default` -> `reviews.default.svc.cluster.local`, as Istio reads
@@ -141,6 +144,8 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
             }
         }
     }
+    // Ingress gateways' listeners, one host each.
+    out.extend(super::ingress::hosts(reg));
     // Gateway API routes attached to a Service (GAMMA) win over its VirtualService.
     for (key, names, vs) in super::gamma::virtual_services(reg) {
         if let Some(h) = out.get_mut(&key) {
@@ -193,6 +198,7 @@ pub fn for_pod(
     let scope = egress_scope(reg, pod);
     all.iter()
         .filter(|(_, h)| in_scope(&scope, pod.namespace, &h.namespace, &h.hostname))
+        .filter(|(_, h)| super::ingress::visible(reg, h, pod))
         .map(|(k, h)| (k.clone(), resolve(h, pod.namespace, pod.labels)))
         .collect()
 }

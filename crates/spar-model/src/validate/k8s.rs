@@ -77,7 +77,8 @@ impl Checker {
             );
         }
         // A waypoint Gateway's Deployment (made by the box) runs the waypoint proxy alone.
-        let gateway = labels.contains_key(crate::gateway_api::GATEWAY_NAME_LABEL);
+        let gateway = labels.contains_key(crate::gateway_api::GATEWAY_NAME_LABEL)
+            || labels.contains_key("spar.io/gateway-role");
         if !(gateway && s.template.spec.containers.is_empty()) {
             self.containers(&s.template.spec.containers);
         }

@@ -14,7 +14,7 @@ use spar_proxy::l7::telemetry::LogFormat;
 use spar_proxy::limits::Limits;
 use spar_proxy::net::{Capture, Network};
 use spar_proxy::proxy::{Proxy, ProxyOptions};
-use spar_proxy::role::{NodeRole, Role, SidecarRole, WaypointRole};
+use spar_proxy::role::{GatewayListener, GatewayRole, NodeRole, Role, SidecarRole, WaypointRole};
 
 #[derive(Subcommand)]
 pub enum ProxyCommand {
@@ -26,6 +26,63 @@ pub enum ProxyCommand {
     /// An ambient waypoint (a Gateway of class istio-waypoint): HBONE in on 15008 from the
     /// clients' node proxies, L7 routing and policy, HBONE out with its own identity.
     Waypoint(WaypointArgs),
+    /// An ingress gateway (a Gateway of class istio, or the pods an Istio Gateway selects):
+    /// HTTP and HTTPS from outside the mesh, routed by the gateway's routes into the mesh.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// The gateway pod's namespace.
+    #[arg(long)]
+    namespace: String,
+    /// The gateway pod's name.
+    #[arg(long)]
+    pod: String,
+    /// A listener: `PORT` (HTTP) or `PORT:CERT.pem:KEY.pem` (HTTPS, TLS terminated with that
+    /// credential). Repeatable.
+    #[arg(long = "listen", required = true)]
+    listeners: Vec<String>,
+    /// Access log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    access_log_format: String,
+    #[arg(long, env = "SPAR_GATEWAY_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `PORT` or `PORT:CERT:KEY` -> a listener (the key read here, kept only in this process).
+fn gateway_listener(spec: &str) -> anyhow::Result<GatewayListener> {
+    let mut parts = spec.splitn(3, ':');
+    let port: u16 = parts
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("listener {spec:?}: PORT or PORT:CERT:KEY"))?;
+    let tls = match (parts.next(), parts.next()) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(Arc::new(server_tls(cert, key)?)),
+        _ => anyhow::bail!("listener {spec:?}: PORT or PORT:CERT:KEY"),
+    };
+    Ok(GatewayListener { port, tls })
+}
+
+fn server_tls(cert: &str, key: &str) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read the certificate {cert}"))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{cert} is not a PEM certificate chain"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the private key {key} (PEM)"))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not go together")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 #[derive(Args)]
@@ -136,6 +193,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What `spar proxy` was asked to run.
 enum Which {
     Node,
+    Gateway {
+        namespace: String,
+        pod: String,
+        listeners: Vec<GatewayListener>,
+        log_format: LogFormat,
+    },
     Waypoint {
         namespace: String,
         pod: String,
@@ -151,8 +214,28 @@ enum Which {
 }
 
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
+    spar_identity::install_crypto_provider();
     let (which, name, workers, a) = match cmd {
         ProxyCommand::Node(n) => (Which::Node, n.node, n.workers, n.common),
+        ProxyCommand::Gateway(g) => (
+            Which::Gateway {
+                namespace: g.namespace.clone(),
+                pod: g.pod.clone(),
+                listeners: g
+                    .listeners
+                    .iter()
+                    .map(|l| gateway_listener(l))
+                    .collect::<anyhow::Result<_>>()?,
+                log_format: if g.access_log_format == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
+            },
+            format!("{}/{}", g.namespace, g.pod),
+            g.workers,
+            g.common,
+        ),
         ProxyCommand::Waypoint(w) => (
             Which::Waypoint {
                 namespace: w.namespace.clone(),
@@ -187,7 +270,6 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
             s.common,
         ),
     };
-    spar_identity::install_crypto_provider();
     let root_pem = std::fs::read_to_string(&a.root_cert)
         .with_context(|| format!("cannot read the root certificate {}", a.root_cert.display()))?;
     let opts = ProxyOptions {
@@ -219,6 +301,21 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         let proxy = Proxy::new(opts)?;
         match which {
             Which::Node => serve(Arc::new(NodeRole { proxy }), "node", &name, &a).await,
+            Which::Gateway {
+                namespace,
+                pod,
+                listeners,
+                log_format,
+            } => {
+                let role = GatewayRole {
+                    proxy,
+                    engine: Arc::new(Engine::new(log_format)),
+                    namespace,
+                    pod,
+                    listeners,
+                };
+                serve(Arc::new(role), "gateway", &name, &a).await
+            }
             Which::Waypoint {
                 namespace,
                 pod,

@@ -1,0 +1,155 @@
+//! End to end, as root: Istio's ingress tasks through the box's ingress gateways
+//! (examples/ingress/mesh.yaml), with `curl` on the host as a user runs them: a Gateway API
+//! Gateway of class `istio` over HTTP and HTTPS (TLS terminated with a Secret given to
+//! `spar up`), Istio's classic Gateway with a VirtualService bound to it, backends in a sidecar
+//! namespace and in an ambient namespace that uses a waypoint, reached with mesh mTLS.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Down, repo, require_root, spar, text};
+
+/// One `curl` from the host: (status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs (Debian package curl)");
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// A self-signed certificate for `host` and its key, as a kubernetes.io/tls Secret, and the
+/// certificate alone for curl's `--cacert`.
+fn secret(dir: &Path, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bookinfo-credential, namespace: bookinfo}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(&cert.pem()),
+        b64(&key.serialize_pem())
+    );
+    let (s, c) = (dir.join("secret.yaml"), dir.join("ca.pem"));
+    std::fs::write(&s, yaml).expect("write");
+    std::fs::write(&c, cert.pem()).expect("write");
+    (s, c)
+}
+
+/// The address `spar status` gives for an ingress pod.
+fn ingress_address(state: &Path, pod_prefix: &str, port: u16) -> String {
+    let status = text(&spar(state, &["status"]));
+    status
+        .lines()
+        .find(|l| l.starts_with("INGRESS") && l.contains(pod_prefix))
+        .and_then(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_end_matches(','))
+                .find(|w| w.ends_with(&format!(":{port}")))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no ingress {pod_prefix} on {port} in:\n{status}"))
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run as root with --include-ignored (.ci/run does)"]
+fn ingress_tasks() {
+    require_root("ingress_tasks");
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path();
+    let _guard = Down(state.to_path_buf());
+    let (secret_file, ca) = secret(state, "bookinfo.example.com");
+    let mesh = repo("examples/ingress/mesh.yaml");
+    let out = spar(
+        state,
+        &[
+            "up",
+            "-d",
+            mesh.to_str().expect("utf-8"),
+            secret_file.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Gateway API, HTTP: the route to productpage (sidecar mode), mesh mTLS behind the gateway.
+    let http = ingress_address(state, "bookinfo-gateway-istio", 80);
+    eventually("productpage through the gateway", || {
+        let (code, body) = curl(&[&format!("http://{http}/productpage")]);
+        (code == 200 && body.contains("productpage-v1"))
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+    let (_, body) = curl(&[&format!("http://{http}/productpage")]);
+    assert!(
+        body.contains("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-gateway-istio"),
+        "the sidecar saw the gateway's identity over mTLS: {body}"
+    );
+    // A path no route takes.
+    let (code, _) = curl(&[&format!("http://{http}/nothing-here")]);
+    assert_eq!(code, 404);
+    // An ambient backend whose Service uses a waypoint.
+    eventually("details (ambient) through the gateway", || {
+        let (code, body) = curl(&[&format!("http://{http}/details/0")]);
+        (code == 200 && body.contains("details-v1"))
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+
+    // Gateway API, HTTPS: TLS terminated with the Secret's certificate.
+    let https = ingress_address(state, "bookinfo-gateway-istio", 443);
+    let resolve = format!(
+        "bookinfo.example.com:443:{}",
+        https.trim_end_matches(":443")
+    );
+    eventually("HTTPS with the Secret", || {
+        let (code, body) = curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca.to_str().expect("utf-8"),
+            "https://bookinfo.example.com/productpage",
+        ]);
+        (code == 200 && body.contains("productpage-v1"))
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+
+    // Istio's classic Gateway and a VirtualService bound to it, by Host.
+    let classic = ingress_address(state, "istio-ingressgateway", 8080);
+    eventually("the classic gateway routes by host", || {
+        let (code, body) = curl(&[
+            "-H",
+            "Host: httpbin.example.com",
+            &format!("http://{classic}/status/200"),
+        ]);
+        (code == 200 && body.contains("productpage-v1"))
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+    let (code, _) = curl(&[
+        "-H",
+        "Host: other.example.com",
+        &format!("http://{classic}/status/200"),
+    ]);
+    assert_eq!(code, 404, "another host has no route on that gateway");
+}
