@@ -206,8 +206,8 @@ fn credential(
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    crate::up::write_private(&cert, &part("tls.crt")?).map_err(|e| e.to_string())?;
-    crate::up::write_private(&key, &part("tls.key")?).map_err(|e| e.to_string())?;
+    crate::proxies::write_private(&cert, &part("tls.crt")?).map_err(|e| e.to_string())?;
+    crate::proxies::write_private(&key, &part("tls.key")?).map_err(|e| e.to_string())?;
     Ok((cert, key))
 }
 
@@ -221,7 +221,7 @@ pub async fn run(
     listeners: Vec<Listener>,
     resources: Vec<Resource>,
     token_ttl: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let paths = Paths::new(&root);
     let key = format!("{}-{}", pod.namespace, pod.name);
@@ -243,12 +243,12 @@ pub async fn run(
         "kind": "pod", "namespace": pod.namespace, "name": pod.name,
         "service_account": pod.service_account,
     });
-    if let Err(e) = crate::up::mint_token(&control, subject, &token_file, token_ttl) {
+    if let Err(e) = crate::proxies::mint_token(&control, subject, &token_file, token_ttl) {
         return tracing::error!(pod = %key, error = %e, "cannot start the gateway");
     }
     let endpoints = root.join("proxies").join(format!("gateway-{key}.json"));
     let _ = std::fs::create_dir_all(root.join("proxies"));
-    loop {
+    let command = || {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -265,7 +265,7 @@ pub async fn run(
         .args(args.iter().flat_map(|a| ["--listen", a.as_str()]))
         .args([
             "--xds",
-            &crate::up::control_grpc(&paths),
+            &crate::proxies::control_grpc(&paths),
             "--admin",
             "127.0.0.1:0",
         ])
@@ -276,26 +276,10 @@ pub async fn run(
         .arg("--endpoints-file")
         .arg(&endpoints)
         .stdout(Stdio::null())
-        .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
-        .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(pod = %key, error = %e, "cannot start the gateway"),
-        };
-        let exited = tokio::select! {
-            status = child.wait() => Some(status),
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        match exited {
-            Some(status) => tracing::warn!(pod = %key, ?status, "gateway exited; restarting"),
-            None => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()));
+        cmd
+    };
+    crate::supervise::keep_running("gateway", &key, command, stop).await
 }
 
 /// The host's address of the ingress pod number `n` (its link to the host).

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingress;
 pub mod net;
 pub mod plan;
+pub mod proxies;
 pub mod sandbox;
 pub mod spec;
 pub mod state;

@@ -182,3 +182,32 @@ pub fn ports_ready(netns: &str, ip: std::net::Ipv4Addr, ports: &[u32]) -> bool {
     .join()
     .unwrap_or(false)
 }
+
+/// Keep a proxy process running until `stop`: start it with `command`, and start it again
+/// (after a second) whenever it exits; on `stop`, kill it and wait for it.
+pub async fn keep_running(
+    what: &str,
+    key: &str,
+    mut command: impl FnMut() -> Command,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let mut child = match command().kill_on_drop(true).spawn() {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(%what, %key, error = %e, "cannot start"),
+        };
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match exited {
+            Some(status) => tracing::warn!(%what, %key, ?status, "exited; restarting"),
+            None => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

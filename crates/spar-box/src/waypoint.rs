@@ -119,7 +119,7 @@ pub async fn run(
     pod: PodPlan,
     gateway: String,
     token_ttl: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let paths = Paths::new(&root);
     let key = format!("{}-{}", pod.namespace, pod.name);
@@ -128,32 +128,13 @@ pub async fn run(
         "kind": "pod", "namespace": pod.namespace, "name": pod.name,
         "service_account": pod.service_account,
     });
-    if let Err(e) = crate::up::mint_token(&control, subject, &token_file, token_ttl) {
+    if let Err(e) = crate::proxies::mint_token(&control, subject, &token_file, token_ttl) {
         return tracing::error!(pod = %key, error = %e, "cannot start the waypoint");
     }
     let endpoints = root.join("proxies").join(format!("waypoint-{key}.json"));
     let _ = std::fs::create_dir_all(root.join("proxies"));
-    loop {
-        let mut child = match command(&spar, &paths, &pod, &gateway, &token_file, &endpoints)
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(pod = %key, error = %e, "cannot start the waypoint"),
-        };
-        let exited = tokio::select! {
-            status = child.wait() => Some(status),
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        match exited {
-            Some(status) => tracing::warn!(pod = %key, ?status, "waypoint exited; restarting"),
-            None => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let cmd = || command(&spar, &paths, &pod, &gateway, &token_file, &endpoints);
+    crate::supervise::keep_running("waypoint", &key, cmd, stop).await
 }
 
 fn command(
@@ -174,7 +155,7 @@ fn command(
         .args(["--pod", &pod.name, "--gateway", gateway])
         .args([
             "--xds",
-            &crate::up::control_grpc(paths),
+            &crate::proxies::control_grpc(paths),
             "--admin",
             "127.0.0.1:0",
         ])
@@ -185,8 +166,7 @@ fn command(
         .arg("--endpoints-file")
         .arg(endpoints)
         .stdout(Stdio::null())
-        .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
-        .kill_on_drop(true);
+        .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()));
     cmd
 }
 

@@ -537,7 +537,9 @@ mod tests {
         assert_eq!(s.data["tls.key"], b"secret-key");
         assert_eq!(s.data["tls.crt"], b"cert");
         let shown = format!("{:?} {}", r, r.to_value());
-        assert!(!shown.contains("secret-key") && !shown.contains("c2VjcmV0"), "{shown}");
+        assert!(
+            !shown.contains("secret-key") && !shown.contains("c2VjcmV0"),
+            "{shown}"
+        );
     }
 }
-
