@@ -123,6 +123,7 @@ fn sidecar_mode() {
     short_lived_job(state);
     protocols(state);
     request_routing(state);
+    gateway_api_routing(state);
     fault_injection(state);
     traffic_shifting(state);
     tcp_traffic_shifting(state);
@@ -285,6 +286,41 @@ fn request_routing(state: &Path) {
         &["--count", "10", "-H", "end-user: json"],
     );
     assert_eq!(count(&s, "by_version", "v1"), 10, "others to v1: {s}");
+}
+
+/// Istio's request routing task with Gateway API: an HTTPRoute on the reviews Service (it wins
+/// over the VirtualService while it exists) sends to one version's Service, jason to v2.
+fn gateway_api_routing(state: &Path) {
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: mesh}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]
+  rules:
+  - matches: [{headers: [{type: Exact, name: end-user, value: jason}]}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - backendRefs: [{name: reviews-v3, port: 9080}]
+";
+    apply(state, route);
+    let s = client(state, "http://reviews:9080/", &["--count", "10"]);
+    assert_eq!(count(&s, "by_version", "v3"), 10, "the one backend: {s}");
+    let s = client(
+        state,
+        "http://reviews:9080/",
+        &["--count", "10", "-H", "end-user: jason"],
+    );
+    assert_eq!(count(&s, "by_version", "v2"), 10, "jason to v2: {s}");
+    let f = state.join("route.yaml");
+    std::fs::write(&f, route).expect("write");
+    let out = spar(state, &["delete", "-f", f.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    settle();
+    let s = client(state, "http://reviews:9080/", &["--count", "10"]);
+    assert_eq!(
+        count(&s, "by_version", "v1"),
+        10,
+        "the VirtualService again: {s}"
+    );
 }
 
 fn fault_injection(state: &Path) {

@@ -32,6 +32,7 @@ fn waypoint_tasks() {
     routing(state);
     faults_and_timeouts(state);
     authorization(state);
+    jwt(state);
     server_first(state);
     waypoint_only(state);
     waypoint_restart(state);
@@ -177,6 +178,14 @@ fn routing(state: &Path) {
             .then_some(())
             .ok_or(s.to_string())
     });
+    apply_sample(state, "virtual-service-reviews-50-v3.yaml");
+    eventually("50/50", || {
+        let s = client(state, "http://reviews:9080/", 200, &[]);
+        let (v1, v3) = (count(&s, "by_version", "v1"), count(&s, "by_version", "v3"));
+        (v1 + v3 == 200 && (75..=125).contains(&v1))
+            .then_some(())
+            .ok_or(s.to_string())
+    });
     apply_sample(state, "virtual-service-reviews-80-20.yaml");
     eventually("80/20", || {
         let s = client(state, "http://reviews:9080/", 200, &[]);
@@ -290,6 +299,79 @@ fn authorization(state: &Path) {
         "denials counted at the waypoint"
     );
     delete(state, VIEWER);
+}
+
+/// Istio's JWT task at a waypoint: RequestAuthentication and an AuthorizationPolicy that
+/// requires a request principal, both by `targetRefs` to the waypoint.
+fn jwt(state: &Path) {
+    let keys = state.join("jwt");
+    let ks = keys.to_str().expect("utf-8");
+    let out = common::spar_plain(&["jwt", "keygen", "--out", ks, "--alg", "ES256"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let jwks =
+        String::from_utf8_lossy(&common::spar_plain(&["jwt", "jwks", "--key-dir", ks]).stdout)
+            .trim()
+            .to_string();
+    let token = String::from_utf8_lossy(
+        &common::spar_plain(&[
+            "jwt",
+            "token",
+            "--key-dir",
+            ks,
+            "--iss",
+            "testing@secure.istio.io",
+            "--sub",
+            "alice",
+        ])
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    let policies = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt-example, namespace: wp}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  jwtRules: [{{issuer: testing@secure.istio.io, jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: wp}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: ALLOW
+  rules: [{{from: [{{source: {{requestPrincipals: ['testing@secure.istio.io/alice']}}}}]}}]
+"
+    );
+    apply(state, &policies);
+    let bearer = format!("Authorization: Bearer {token}");
+    eventually("no token: 403", || {
+        let s = client(state, "http://reviews:9080/", 1, &[]);
+        (count(&s, "by_status", "403") == 1)
+            .then_some(())
+            .ok_or(s.to_string())
+    });
+    let s = client(
+        state,
+        "http://reviews:9080/",
+        1,
+        &["Authorization: Bearer not.a.jwt"],
+    );
+    assert_eq!(
+        count(&s, "by_status", "401"),
+        1,
+        "an invalid token: 401: {s}"
+    );
+    let s = client(state, "http://reviews:9080/", 2, &[&bearer]);
+    assert_eq!(count(&s, "by_status", "200"), 2, "a valid token: 200: {s}");
+    delete(state, &policies);
+    eventually("policies gone", || {
+        let s = client(state, "http://reviews:9080/", 1, &[]);
+        (count(&s, "by_status", "200") == 1)
+            .then_some(())
+            .ok_or(s.to_string())
+    });
 }
 
 /// A server-first protocol (the server speaks first) through a waypoint-enabled namespace.

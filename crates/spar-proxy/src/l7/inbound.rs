@@ -67,6 +67,20 @@ impl Inbound {
     }
 }
 
+/// The Service of this pod a request with `authority` called: the one whose host name is
+/// the authority's host (or starts with it and a dot, for a short name), else the port's.
+fn called_service(ib: &Inbound, authority: &str) -> ServiceKey {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let short = format!("{host}.");
+    ib.pod
+        .workload
+        .services
+        .keys()
+        .map(|k| ServiceKey::parse(k))
+        .find(|k| k.hostname() == host || k.hostname().starts_with(&short))
+        .unwrap_or_else(|| ib.service.clone())
+}
+
 /// Serve HTTP on `io` until the downstream closes it.
 pub async fn serve(ib: Arc<Inbound>, io: InboundIo) {
     let io = TokioIo::new(io);
@@ -144,7 +158,10 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     }
     log.destination_principal = ib.pod.identity.clone();
     log.upstream_host = conn.target.to_string();
-    log.upstream_cluster = format!("inbound|{}|{}", conn.target.port(), ib.service);
+    // Several Services may select this pod on this port (reviews and reviews-v1): the one
+    // the client called, by its host, names the destination as Istio reports it.
+    let service = called_service(&ib, super::facts::authority(&req));
+    log.upstream_cluster = format!("inbound|{}|{}", conn.target.port(), service);
     log.attempts = 1;
     let grpc = is_grpc(req.headers());
     // 1. The head.
@@ -218,7 +235,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         src: conn.source.as_deref(),
         src_principal: Some(conn.peer_identity.as_deref().unwrap_or("unknown")),
         dst: Some(&ib.pod.workload),
-        service: &ib.service,
+        service: &service,
         security: if conn.mtls { "mutual_tls" } else { "none" },
     };
     let labels = HttpLabels::new("destination", &peers, &resp, grpc, flags);
