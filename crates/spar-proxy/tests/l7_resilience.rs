@@ -147,7 +147,7 @@ async fn the_route_timeout_answers_504() {
 async fn a_per_try_timeout_moves_to_a_faster_endpoint() {
     let (mesh, bad) = one_bad(
         &vs(
-            "  - retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+            "  - retries: {attempts: 2, perTryTimeout: 400ms, retryOn: 5xx}
     route: [{destination: {host: reviews}}]",
         ),
         200,
