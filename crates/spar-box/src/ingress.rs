@@ -93,7 +93,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
             Spec::K8sGateway(g) if g.gateway_class_name == CLASS => {
                 let name = format!("{}-istio", r.name());
                 let labels = serde_json::json!({
-                    GATEWAY_NAME_LABEL: r.name(), "istio.io/dataplane-mode": "none",
+                    GATEWAY_NAME_LABEL: r.name(), "istio.io/dataplane-mode": "none", "sidecar.istio.io/inject": "false",
                     ROLE_LABEL: "ingress", "spar.io/gateway": name,
                 });
                 let ports: Vec<u32> = g.listeners.iter().map(|l| l.port).collect();
@@ -106,7 +106,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
             {
                 let name = "istio-ingressgateway";
                 let labels = serde_json::json!({
-                    "istio": "ingressgateway", "app": name, "istio.io/dataplane-mode": "none",
+                    "istio": "ingressgateway", "app": name, "istio.io/dataplane-mode": "none", "sidecar.istio.io/inject": "false",
                     ROLE_LABEL: "ingress", "spar.io/gateway": name,
                 });
                 let ports: Vec<u32> = resources

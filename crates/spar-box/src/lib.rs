@@ -6,6 +6,7 @@ pub mod admin;
 pub mod commands;
 pub mod error;
 pub mod ingress;
+pub mod live;
 pub mod net;
 pub mod plan;
 pub mod proxies;

@@ -116,7 +116,7 @@ fn sysctl(ns: &str, kv: &str) -> Result<(), Error> {
     run("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", kv]).map(|_| ())
 }
 
-fn create_pod(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
+pub(crate) fn create_pod(plan: &Plan, pod: &PodPlan) -> Result<(), Error> {
     let node = plan
         .nodes
         .iter()

@@ -11,7 +11,7 @@ use spar_model::{Kind, Labels, Resource, Spec, labels_match};
 use crate::Error;
 use crate::spec::BoxSpec;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
@@ -313,6 +313,67 @@ fn target_port(
             })
             .unwrap_or(port),
     }
+}
+
+/// Pods for a Deployment added to a running box: planned as `plan` would, then placed after
+/// the pods already there (the next node in turn, each node's next free address).
+pub fn add_deployment(
+    current: &mut Plan,
+    namespace_labels: Option<&Labels>,
+    dep: &Resource,
+) -> Result<Vec<PodPlan>, Error> {
+    let nodes: Vec<crate::spec::NodeSpec> = current
+        .nodes
+        .iter()
+        .map(|n| {
+            n.pod_cidr
+                .parse()
+                .map(|pod_cidr| crate::spec::NodeSpec {
+                    name: n.name.clone(),
+                    pod_cidr,
+                })
+                .map_err(|_| {
+                    Error::Invalid(format!("node {}: bad pod CIDR {}", n.name, n.pod_cidr))
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let spec = BoxSpec {
+        nodes: nodes.clone(),
+        ..BoxSpec::default()
+    };
+    let mut docs = Vec::new();
+    if let Some(l) = namespace_labels {
+        docs.push(
+            crate::spec::namespace(dep.namespace(), l)
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        );
+    }
+    docs.push(dep.clone());
+    let mut fresh = plan(&docs, &spec)?.pods;
+    for pod in &mut fresh {
+        let n = current.pods.len() % nodes.len();
+        let cidr = nodes[n].pod_cidr;
+        let used = current
+            .pods
+            .iter()
+            .filter(|p| p.node == nodes[n].name)
+            .map(|p| u32::from(p.ip) - u32::from(cidr.network()))
+            .max()
+            .unwrap_or(1);
+        let host = used + 1;
+        if host >= (1u32 << (32 - cidr.prefix_len())) - 1 {
+            return Err(Error::Invalid(format!(
+                "node {} has no addresses left in {cidr}",
+                nodes[n].name
+            )));
+        }
+        pod.node = nodes[n].name.clone();
+        pod.ip = nth(cidr.network(), host);
+        pod.prefix = cidr.prefix_len();
+        pod.host_veth = format!("v{}", current.pods.len());
+        current.pods.push(pod.clone());
+    }
+    Ok(fresh)
 }
 
 #[cfg(test)]

@@ -127,6 +127,15 @@ impl BoxSpec {
     }
 }
 
+/// A Namespace resource with `labels` (for planning pods added to a running box).
+pub fn namespace(name: &str, labels: &spar_model::Labels) -> Result<spar_model::Resource, String> {
+    spar_model::resource::decode(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }))
+    .map_err(|e| format!("{}: {}", e.path, e.message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,6 +237,14 @@ async fn run_mesh(
                 }
             }
             _ = tick.tick() => {
+                let ctx = crate::live::Ctx {
+                    paths,
+                    spar: &opts.spar_bin,
+                    control: &admin_addr,
+                    token_ttl: opts.token_ttl,
+                    stop: &stop_rx,
+                };
+                tasks.extend(crate::live::take(&ctx, state));
                 refresh_status(state, &containers).await;
                 if let Err(e) = merge_labels_and_write(state, paths) {
                     tracing::warn!(error = %e, "cannot write the status file");

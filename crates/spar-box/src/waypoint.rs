@@ -48,7 +48,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
         };
         let labels = serde_json::json!({
             GATEWAY_NAME_LABEL: name,
-            "istio.io/dataplane-mode": "none",
+            "istio.io/dataplane-mode": "none", "sidecar.istio.io/inject": "false",
             crate::ingress::ROLE_LABEL: "waypoint",
         });
         let mut docs = Vec::new();

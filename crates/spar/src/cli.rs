@@ -7,6 +7,7 @@ mod jwt;
 mod mesh;
 mod proxy;
 mod validate;
+mod waypoint;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,9 @@ enum Command {
     /// A local JWT issuer for RequestAuthentication: signing keys, their JWKS, tokens.
     #[command(subcommand)]
     Jwt(jwt::JwtCommand),
+    /// Ambient waypoints: deploy one for a namespace (like istioctl waypoint apply).
+    #[command(subcommand)]
+    Waypoint(waypoint::WaypointCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Delete(args) => admin_client::apply(&args, "/delete"),
         Command::Echo(cmd) => echo::run(cmd),
         Command::Jwt(cmd) => jwt::run(cmd),
+        Command::Waypoint(cmd) => waypoint::run(cmd),
         Command::Proxy(cmd) => proxy::run(*cmd),
         Command::Up(args) => mesh::up(args),
         Command::Down(args) => mesh::down(args),

@@ -426,6 +426,38 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: r
     }
     delete(state, deny);
 
+    // `spar waypoint apply`, as istioctl's: a waypoint deployed into the running box (no pod
+    // restarted), the namespace enrolled, and traffic through it.
+    let out = spar(
+        state,
+        &["waypoint", "apply", "-n", BOOKINFO, "--enroll-namespace"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(text(&raw_get(state, BOOKINFO, CLIENT, "details:9080")).contains("200 OK"));
+        let m = proxy_get(state, "waypoint-bookinfo-waypoint-0", "/metrics");
+        if m.lines().any(|l| {
+            l.starts_with("istio_requests_total{reporter=\"waypoint\"")
+                && l.contains("destination_service=\"details.bookinfo.svc.cluster.local\"")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request through the new waypoint: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        spar(
+            state,
+            &["label", "namespace", BOOKINFO, "istio.io/use-waypoint-"]
+        )
+        .status
+        .success()
+    );
+
     // Remove the label: back to plaintext, no pod restarted.
     assert!(
         spar(

@@ -144,6 +144,10 @@ where
     };
     let (mut conn, peer_id) = match tokio::time::timeout(proxy.limits.handshake, handshakes).await {
         Ok(Ok(c)) => c,
+        // A bare TCP connect and close (a readiness probe) is not worth an access line.
+        Ok(Err(e)) if e.ends_with("eof") => {
+            return tracing::debug!(%peer, error = %e, "HBONE connection closed before its handshake");
+        }
         Ok(Err(e)) => {
             return tracing::info!(target: "access", "inbound src={peer} via=hbone rejected=\"{e}\"");
         }
