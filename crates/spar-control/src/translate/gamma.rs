@@ -1,5 +1,6 @@
-//! Gateway API routes for the mesh (GAMMA): an `HTTPRoute` or `GRPCRoute` whose `parentRefs`
-//! name a Service routes that Service's traffic, in sidecars and at waypoints alike. Each is
+//! Gateway API routes for the mesh (GAMMA): an `HTTPRoute`, `GRPCRoute` or `TCPRoute` whose
+//! `parentRefs` name a Service routes that Service's traffic, in sidecars and at waypoints
+//! alike. Each is
 //! translated into the VirtualService the L7 engine already runs (as istiod does): matches,
 //! weighted `backendRefs` (to other Services too), header modifiers, redirects, URL
 //! rewrites, mirrors, timeouts and retries. A `backendRef` to a Service that does not exist
@@ -291,30 +292,37 @@ type RulesFor<'a> = Box<dyn Fn(Option<u32>) -> Vec<Value> + 'a>;
 /// Every Service host that Gateway API routes attach to, with the VirtualService they make
 /// (routes in name order; their rules one after another).
 pub fn virtual_services(reg: &Registry) -> Vec<(String, String, VirtualService)> {
-    let mut by_host: std::collections::BTreeMap<String, (Vec<String>, Vec<Value>)> =
-        Default::default();
+    type Routes = (Vec<String>, Vec<Value>, Vec<Value>);
+    let mut by_host: std::collections::BTreeMap<String, Routes> = Default::default();
     let mut routes: Vec<&Resource> = reg
         .of_kind(Kind::HttpRoute)
         .chain(reg.of_kind(Kind::GrpcRoute))
+        .chain(reg.of_kind(Kind::TcpRoute))
         .collect();
     routes.sort_by_key(|r| (r.namespace().to_string(), r.name().to_string()));
     for r in routes {
         let (refs, rules): (&[ParentReference], RulesFor<'_>) = match &r.spec {
             Spec::HttpRoute(h) => (&h.parent_refs, Box::new(move |p| http_rules(reg, r, h, p))),
             Spec::GrpcRoute(g) => (&g.parent_refs, Box::new(move |p| grpc_rules(reg, r, g, p))),
+            Spec::TcpRoute(t) => (&t.parent_refs, Box::new(move |p| tcp_rules(reg, r, t, p))),
             _ => continue,
         };
+        let tcp = r.kind == Kind::TcpRoute;
         for (host, port) in parents(reg, r, refs) {
             let e = by_host.entry(host).or_default();
             e.0.push(format!("{}/{}", r.namespace(), r.name()));
-            e.1.extend(rules(port));
+            if tcp {
+                e.2.extend(rules(port));
+            } else {
+                e.1.extend(rules(port));
+            }
         }
     }
     by_host
         .into_iter()
-        .filter_map(|(key, (names, http))| {
+        .filter_map(|(key, (names, http, tcp))| {
             let hostname = key.split_once('/').map(|(_, h)| h.to_string())?;
-            let vs = json!({"hosts": [hostname], "http": http});
+            let vs = json!({"hosts": [hostname], "http": http, "tcp": tcp});
             match serde_json::from_value::<VirtualService>(vs) {
                 Ok(vs) => Some((key, names.join(","), vs)),
                 Err(e) => {
@@ -324,4 +332,98 @@ pub fn virtual_services(reg: &Registry) -> Vec<(String, String, VirtualService)>
             }
         })
         .collect()
+}
+
+/// A TCPRoute's rules as VirtualService `tcp` routes (weighted backendRefs, on the port).
+fn tcp_rules(
+    reg: &Registry,
+    r: &Resource,
+    t: &spar_model::gateway_api::TcpRoute,
+    port: Option<u32>,
+) -> Vec<Value> {
+    t.rules
+        .iter()
+        .map(|rule| {
+            let route: Vec<Value> = rule
+                .backend_refs
+                .iter()
+                .filter_map(|b| {
+                    backend(reg, r, b)
+                        .map(|d| json!({"destination": d, "weight": b.weight.unwrap_or(1)}))
+                })
+                .collect();
+            let mut out = json!({"route": route});
+            if let Some(p) = port {
+                out["match"] = json!([{"port": p}]);
+            }
+            out
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MeshSettings;
+
+    fn reg(yaml: &str) -> Registry {
+        let l = spar_model::load_str("t.yaml", yaml);
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        Registry::new(
+            MeshSettings::default(),
+            l.resources.into_iter().map(|(r, _)| r),
+        )
+    }
+
+    #[test]
+    fn routes_on_a_service_become_its_virtual_service() {
+        let r = reg("
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: a}
+spec: {selector: {app: echo}, ports: [{name: tcp, port: 9000}, {name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: a}
+spec: {selector: {app: echo, version: v2}, ports: [{name: tcp, port: 9000}]}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: echo-tcp, namespace: a}
+spec:
+  parentRefs: [{group: '', kind: Service, name: echo, port: 9000}]
+  rules: [{backendRefs: [{name: echo-v2, port: 9000}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-http, namespace: a}
+spec:
+  parentRefs: [{group: '', kind: Service, name: echo}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - backendRefs: [{name: missing, port: 80}]
+");
+        let all = virtual_services(&r);
+        assert_eq!(all.len(), 1, "{all:?}");
+        let (key, names, vs) = &all[0];
+        assert_eq!(key, "a/echo.a.svc.cluster.local");
+        assert_eq!(names, "a/echo-http,a/echo-tcp");
+        assert_eq!(vs.tcp.len(), 1);
+        assert_eq!(
+            vs.tcp[0].route[0].destination.host,
+            "echo-v2.a.svc.cluster.local"
+        );
+        assert_eq!(vs.http.len(), 2);
+        assert_eq!(
+            vs.http[0].route[0].destination.host,
+            "echo-v2.a.svc.cluster.local"
+        );
+        assert_eq!(
+            vs.http[1].direct_response.as_ref().map(|d| d.status),
+            Some(500),
+            "a missing backend answers 500"
+        );
+    }
 }
