@@ -99,8 +99,10 @@ pub struct WaypointArgs {
     /// Access log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     access_log_format: String,
-    /// Runtime worker threads (a waypoint serves many clients; ztunnel runs two).
-    #[arg(long, env = "SPAR_WAYPOINT_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Runtime worker threads. One by default: on the bench's 2-core machine one worker cost
+    /// 10% less CPU per request than two, with a lower p99 and the same peak rate (BENCHMARKS.md);
+    /// raise it where a waypoint has cores of its own.
+    #[arg(long, env = "SPAR_WAYPOINT_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     #[command(flatten)]
     common: CommonArgs,
