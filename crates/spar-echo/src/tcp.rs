@@ -116,6 +116,26 @@ pub async fn server_first_exchange(addr: &str) -> Result<(String, String), Error
     Ok((banner, answer))
 }
 
+/// Bulk throughput over `connections` parallel connections sharing `total` bytes.
+/// Returns (bytes each way over all connections, seconds until the last one finished).
+pub async fn bulk_parallel(addr: &str, total: u64, connections: u32) -> Result<(u64, f64), Error> {
+    let n = u64::from(connections.max(1));
+    let start = std::time::Instant::now();
+    let runs: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = addr.to_string();
+            // The first connection carries the remainder of an uneven split.
+            let share = total / n + if i == 0 { total % n } else { 0 };
+            tokio::spawn(async move { bulk_exchange(&addr, share).await })
+        })
+        .collect();
+    let mut got = 0;
+    for r in runs {
+        got += r.await.map_err(|e| Error::Io(std::io::Error::other(e)))??.0;
+    }
+    Ok((got, start.elapsed().as_secs_f64()))
+}
+
 /// Bulk throughput against a TCP echo: write `total` bytes while reading them back.
 /// Returns (bytes each way, seconds).
 pub async fn bulk_exchange(addr: &str, total: u64) -> Result<(u64, f64), Error> {

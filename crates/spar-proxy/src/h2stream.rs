@@ -13,27 +13,93 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct H2Stream {
-    send: SendStream<Bytes>,
+    send: SendHalf,
     recv: RecvStream,
     /// Received data not yet read.
     pending: Bytes,
-    /// End of stream sent (our write side is shut down).
-    finished: bool,
 }
 
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Stream {
         H2Stream {
-            send,
+            send: SendHalf {
+                send,
+                finished: false,
+            },
             recv,
             pending: Bytes::new(),
-            finished: false,
+        }
+    }
+
+    /// The sending half, the receiving half and data received but not yet read (for a relay
+    /// that moves whole frames instead of reading through a buffer).
+    pub fn into_parts(self) -> (SendHalf, RecvStream, Bytes) {
+        (self.send, self.recv, self.pending)
+    }
+}
+
+/// The sending half of a tunnel; a half dropped before its end of stream (an error on the
+/// other leg) resets the stream, so the peer does not wait on it.
+pub struct SendHalf {
+    send: SendStream<Bytes>,
+    /// End of stream sent (our write side is shut down).
+    finished: bool,
+}
+
+impl SendHalf {
+    /// Queue `data` as DATA frames, no more at a time than the peer's window allows (h2 would
+    /// otherwise buffer without bound). The chunk is framed as it is: no copy.
+    pub async fn write(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_granted(cx, data.len())).await?;
+            self.send
+                .send_data(data.split_to(n), false)
+                .map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the peer's window lets at least one byte of `want` go; how many may.
+    fn poll_granted(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.finished {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.send.reserve_capacity(want);
+        loop {
+            // Capacity left from an earlier grant is used first: poll_capacity only reports
+            // increases, so waiting on it with capacity in hand would never wake.
+            let n = self.send.capacity().min(want);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    /// Send the end of stream (once).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !self.finished {
+            self.finished = true;
+            self.send.send_data(Bytes::new(), true).map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SendHalf {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.send.send_reset(h2::Reason::CANCEL);
         }
     }
 }
 
 /// A peer's reset with NO_ERROR or CANCEL ends the stream like a FIN; others are errors.
-fn to_io(e: h2::Error) -> io::Error {
+pub fn to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e
             .into_io()
@@ -89,26 +155,12 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if me.finished {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        me.send.reserve_capacity(buf.len());
-        loop {
-            // Capacity left from an earlier grant is used first: poll_capacity only reports
-            // increases, so waiting on it with capacity in hand would never wake.
-            let n = me.send.capacity().min(buf.len());
-            if n > 0 {
-                me.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(me.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
+        let n = ready!(me.send.poll_granted(cx, buf.len()))?;
+        me.send
+            .send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(to_io)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -117,33 +169,18 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if !me.finished {
-            me.finished = true;
-            me.send.send_data(Bytes::new(), true).map_err(to_io)?;
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.get_mut().send.finish())
     }
 }
 
-impl Drop for H2Stream {
-    fn drop(&mut self) {
-        // A stream dropped before its end (an error on the other leg) is reset, so the peer
-        // does not wait on it; one that ended cleanly needs nothing.
-        if !self.finished {
-            self.send.send_reset(h2::Reason::CANCEL);
-        }
-    }
-}
-
+/// An in-memory HBONE-like stream pair for tests.
 #[cfg(test)]
-mod tests {
+pub mod testing {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A client and a server stream over an in-memory HTTP/2 connection with small windows,
-    /// so flow control must hand capacity back for the transfer to finish.
-    async fn pair() -> (H2Stream, H2Stream) {
+    /// so flow control must hand capacity back for a transfer to finish.
+    pub async fn pair() -> (H2Stream, H2Stream) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
             let mut conn = h2::server::Builder::new()
@@ -175,6 +212,12 @@ mod tests {
         let resp = resp.await.expect("response");
         (H2Stream::new(send, resp.into_body()), server)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::pair;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn carries_more_than_a_window_each_way_and_half_closes() {

@@ -1,5 +1,6 @@
 //! The L4 paths every role uses: `plan` decides (pure, table-tested), `outbound` and
-//! `inbound` do the I/O, `relay` copies bytes and accounts them.
+//! `inbound` do the I/O, `pipe` moves bytes (no user-space copy between a socket and a
+//! tunnel), `relay` accounts them.
 //!
 //! outbound: 15001 -> original dst -> plan_outbound -> HBONE tunnel | plain TCP -> relay
 //! inbound:  15008 -> mTLS -> CONNECT -> plan_inbound (authority, principal, policy)
@@ -9,5 +10,6 @@
 pub mod authz;
 pub mod inbound;
 pub mod outbound;
+pub mod pipe;
 pub mod plan;
 pub mod relay;

@@ -63,12 +63,14 @@ async fn idle_and_excess_hbone_connections_are_dropped_and_counted() {
     .await;
     let server = mesh.pod("server").clone();
     let hbone = mesh.net.listening(server.ip, 15008).expect("15008 is up");
+    // The proxy's handshake clock starts at each accept, which is after this instant: both
+    // the "before any timeout" and the "held until the timeout" checks count from here.
+    let start = Instant::now();
     // Ten connections that never start TLS, from one source.
     let mut idle = Vec::new();
     for _ in 0..10 {
         idle.push(TcpStream::connect(hbone).await.expect("tcp connect"));
     }
-    let start = Instant::now();
     // Well inside the handshake timeout: only the connections over the cap are closed.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut open = Vec::new();

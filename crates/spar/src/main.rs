@@ -1,5 +1,6 @@
 //! `spar`: one binary for the control plane and the operator commands.
 
+mod alloc;
 mod cli;
 
 use std::process::ExitCode;

@@ -19,6 +19,7 @@ use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::pipe::Leg;
 use super::plan::{Admitted, Arrival, plan_inbound};
 use super::relay::{labels, relay, reset};
 use crate::h2stream::H2Stream;
@@ -268,6 +269,15 @@ pub async fn connect_app(pod: &Pod, dst: SocketAddr, src: IpAddr) -> io::Result<
 pub enum InboundIo {
     Plain(TcpStream),
     Tunnel(H2Stream),
+}
+
+impl From<InboundIo> for Leg {
+    fn from(io: InboundIo) -> Leg {
+        match io {
+            InboundIo::Plain(s) => Leg::Tcp(s),
+            InboundIo::Tunnel(s) => Leg::Tunnel(s, None),
+        }
+    }
 }
 
 impl AsyncRead for InboundIo {

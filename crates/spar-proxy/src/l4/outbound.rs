@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::pipe::Leg;
 use super::plan::{OutboundPlan, Upstream, plan_outbound};
 use super::relay::{labels, relay, reset};
 use crate::Error;
@@ -116,6 +117,15 @@ pub async fn connect(
                 addr: addr.to_string(),
                 reason: e.to_string(),
             }),
+    }
+}
+
+impl From<UpstreamIo> for Leg {
+    fn from(io: UpstreamIo) -> Leg {
+        match io {
+            UpstreamIo::Tunnel(s, guard) => Leg::Tunnel(s, Some(guard)),
+            UpstreamIo::Tcp(s) => Leg::Tcp(s),
+        }
     }
 }
 

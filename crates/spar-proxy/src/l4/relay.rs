@@ -1,17 +1,16 @@
-//! Copying a connection both ways, then counting its bytes under Istio's TCP metrics and
-//! writing its access log line.
+//! Moving a connection's bytes both ways (`pipe`), then counting them under Istio's TCP
+//! metrics and writing its access log line.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::sync::atomic::Ordering;
+
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::pipe::{Leg, Moved, pipe};
 use crate::metrics::{Metrics, TcpLabels};
 use crate::snapshot::{ServiceKey, WorkloadInfo};
-
-/// Bytes moved per read and write when relaying a connection.
-const COPY_BUF: usize = 64 * 1024;
 
 /// Istio's TCP metric labels for a connection from `src` to `dst`.
 pub fn labels(
@@ -45,33 +44,35 @@ pub fn labels(
     }
 }
 
-/// Copy both ways until both sides are done (or `stop` fires: the policy that admitted the
-/// connection no longer does), then account bytes and log the connection.
-pub async fn relay<A, B>(
+/// Move bytes both ways until both sides are done, one fails, or `stop` fires (the policy
+/// that admitted the connection no longer does); then account bytes and log the connection.
+/// `a` is the side that opened the connection: `sent` counts bytes from it.
+pub async fn relay(
     metrics: &Metrics,
-    mut a: A,
-    mut b: B,
+    a: impl Into<Leg>,
+    b: impl Into<Leg>,
     l: TcpLabels,
     log: String,
     stop: Option<&Notify>,
-) where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let started = Instant::now();
     metrics.opened.get_or_create(&l).inc();
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
-    let (sent, received) = match stop {
+    let moved = Moved::default();
+    let relayed = pipe(a.into(), b.into(), &moved);
+    let end = match stop {
         Some(stop) => tokio::select! {
-            r = copy => r.unwrap_or((0, 0)),
-            _ = stop.notified() => (0, 0),
+            r = relayed => r.err().map(|e| e.to_string()),
+            _ = stop.notified() => Some("policy no longer allows the connection".to_string()),
         },
-        None => copy.await.unwrap_or((0, 0)),
+        None => relayed.await.err().map(|e| e.to_string()),
     };
+    let sent = moved.a_to_b.load(Ordering::Relaxed);
+    let received = moved.b_to_a.load(Ordering::Relaxed);
     metrics.sent.get_or_create(&l).inc_by(sent);
     metrics.received.get_or_create(&l).inc_by(received);
     metrics.closed.get_or_create(&l).inc();
-    tracing::info!(target: "access", "{log} sent={sent} received={received} duration_ms={}", started.elapsed().as_millis());
+    let end = end.map(|e| format!(" error=\"{e}\"")).unwrap_or_default();
+    tracing::info!(target: "access", "{log} sent={sent} received={received} duration_ms={}{end}", started.elapsed().as_millis());
 }
 
 /// Refuse a plaintext connection with a reset.

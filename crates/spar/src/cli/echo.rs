@@ -92,9 +92,12 @@ pub enum EchoCommand {
     /// Bulk TCP throughput against a TCP echo port: prints Gb/s (as JSON with --json).
     Bulk {
         addr: String,
-        /// Bytes to send (and receive back).
+        /// Bytes to send (and receive back), in total over all connections.
         #[arg(long, default_value_t = 256 << 20)]
         bytes: u64,
+        /// Parallel connections sharing the bytes (the figure is their aggregate).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        connections: u32,
         #[arg(long)]
         json: bool,
     },
@@ -196,13 +199,18 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
             EchoCommand::Tcp { addr, message } => {
                 print!("{}", tcp::tcp_exchange(&addr, &message).await?)
             }
-            EchoCommand::Bulk { addr, bytes, json } => {
-                let (got, secs) = tcp::bulk_exchange(&addr, bytes).await?;
+            EchoCommand::Bulk {
+                addr,
+                bytes,
+                connections,
+                json,
+            } => {
+                let (got, secs) = tcp::bulk_parallel(&addr, bytes, connections).await?;
                 let gbps = got as f64 * 8.0 / secs / 1e9;
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({ "bytes": got, "seconds": secs, "gbps": gbps })
+                        serde_json::json!({ "bytes": got, "seconds": secs, "gbps": gbps, "connections": connections })
                     );
                 } else {
                     println!("{got} bytes echoed in {secs:.3} s: {gbps:.2} Gb/s each way");
