@@ -29,7 +29,7 @@ const STREAMS_PER_CONN: usize = 100;
 /// header, a TLS record and a wake-up per 16 KiB; tunnels carry whole TCP streams, so they get
 /// wide windows and large frames (ztunnel chose similar values).
 const STREAM_WINDOW: u32 = 4 << 20;
-const CONN_WINDOW: u32 = 16 << 20;
+const CONN_WINDOW: u32 = 4 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 
 /// What the TLS layer of a tunnel reads from the socket per syscall. rustls asks for at most

@@ -2,6 +2,61 @@
 //! (BENCHMARKS.md, "Allocator"): more bulk throughput and connections per second for the same
 //! CPU per request. Its arenas are committed on demand (`.cargo/config.toml`), which keeps an
 //! idle proxy's resident memory at glibc's level.
+//!
+//! mimalloc hands freed memory back to the kernel a second after it was freed, but only when
+//! it is next called: a proxy that goes idle after a burst (a bulk transfer) kept the burst's
+//! memory for good. A background thread asks it to give back what is free every few seconds,
+//! and each runtime worker, as it goes idle, hands back the pages it emptied (a thread's own
+//! pages can only be collected by that thread), at most once a second.
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How often freed memory is handed back.
+const PURGE_EVERY: Duration = Duration::from_secs(3);
+
+/// Start the thread that returns freed memory to the kernel (best effort: without it the
+/// process only keeps more memory).
+pub fn start_purging() {
+    let spawned = std::thread::Builder::new()
+        .name("mem-purge".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(PURGE_EVERY);
+                // SAFETY: mi_collect takes no pointers and may be called from any thread at any
+                // time; `force` purges every arena's free memory program-wide.
+                unsafe { libmimalloc_sys::mi_collect(true) };
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("spar: cannot start the memory purging thread ({e}); continuing without it");
+    }
+}
+
+/// How often a runtime worker collects its own emptied pages when it goes idle.
+const WORKER_COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// For a runtime's `on_thread_park`: give the worker's emptied pages back to the shared
+/// arenas (from where the purging thread returns them to the kernel).
+pub fn on_worker_park() {
+    LAST_COLLECT.with(|last| {
+        let now = Instant::now();
+        if last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < WORKER_COLLECT_EVERY)
+        {
+            return;
+        }
+        last.set(Some(now));
+        // SAFETY: as above; without `force` it only walks this thread's own pages.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    });
+}

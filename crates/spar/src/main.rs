@@ -6,5 +6,6 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    alloc::start_purging();
     cli::main()
 }

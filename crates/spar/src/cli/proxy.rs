@@ -296,6 +296,7 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(workers))
+        .on_thread_park(crate::alloc::on_worker_park)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
