@@ -147,22 +147,28 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     let conn = &ib.conn;
     let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut log = AccessLog::of(
-        &req,
-        conn.peer,
-        conn.target,
-        conn.peer_identity.as_deref().unwrap_or("-"),
-    );
-    if !req.headers().contains_key("x-request-id") {
-        log.request_id = "-".into();
-    }
-    log.destination_principal = ib.pod.identity.clone();
-    log.upstream_host = conn.target.to_string();
+    let snap = ib.proxy.snapshot.load_full();
     // Several Services may select this pod on this port (reviews and reviews-v1): the one
     // the client called, by its host, names the destination as Istio reports it.
     let service = called_service(&ib, super::facts::authority(&req));
-    log.upstream_cluster = format!("inbound|{}|{}", conn.target.port(), service);
-    log.attempts = 1;
+    let access_log = snap.telemetry.access_log_server;
+    // The line is only built when it is written (off by default, as in Istio).
+    let mut log = AccessLog::default();
+    if access_log {
+        log = AccessLog::of(
+            &req,
+            conn.peer,
+            conn.target,
+            conn.peer_identity.as_deref().unwrap_or("-"),
+        );
+        if !req.headers().contains_key("x-request-id") {
+            log.request_id = "-".into();
+        }
+        log.destination_principal = ib.pod.identity.clone();
+        log.upstream_host = conn.target.to_string();
+        log.upstream_cluster = format!("inbound|{}|{}", conn.target.port(), service);
+        log.attempts = 1;
+    }
     let grpc = is_grpc(req.headers());
     // 1. The head.
     strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -173,7 +179,6 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         .unwrap_or(0);
     let (mut parts, body) = req.into_parts();
     // 2. Authorization, against the policies in force now.
-    let snap = ib.proxy.snapshot.load_full();
     let cx = Context {
         proxy: &ib.proxy,
         pod: &ib.pod,
@@ -239,10 +244,11 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         security: if conn.mtls { "mutual_tls" } else { "none" },
     };
     let labels = HttpLabels::new("destination", &peers, &resp, grpc, flags);
-    log.response_code = resp.status().as_u16();
-    log.response_flags = flags.into();
-    log.upstream_service_time_ms = Some(started.elapsed().as_millis() as u64);
-    let access_log = snap.telemetry.access_log_server;
+    if access_log {
+        log.response_code = resp.status().as_u16();
+        log.response_flags = flags.into();
+        log.upstream_service_time_ms = Some(started.elapsed().as_millis() as u64);
+    }
     let engine = ib.engine.clone();
     counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;

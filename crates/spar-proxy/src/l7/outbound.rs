@@ -64,7 +64,16 @@ where
 pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let snap = ds.proxy.snapshot.load_full();
-    let log = AccessLog::of(&req, ds.peer, ds.dst, &ds.client_identity);
+    // The line is only built when it is written (off by default, as in Istio); the request
+    // id is needed either way, for the request.
+    let log = if snap.telemetry.access_log_client {
+        AccessLog::of(&req, ds.peer, ds.dst, &ds.client_identity)
+    } else {
+        AccessLog {
+            request_id: AccessLog::request_id(&req),
+            ..AccessLog::default()
+        }
+    };
     let grpc = is_grpc(req.headers());
     let mut report = Report::default();
     let resp = match forward(&ds, &snap, req, &log.request_id, &mut report).await {
@@ -211,22 +220,25 @@ fn finish(
         },
     };
     let labels = HttpLabels::new(ds.reporter, &peers, &resp, grpc, report.flags);
-    log.response_code = resp.status().as_u16();
-    log.response_flags = report.flags.to_string();
-    log.attempts = report.attempts;
-    log.route_name = report.route;
     log.bytes_received = report.bytes_received;
-    log.upstream_service_time_ms = report.upstream_time.map(|d| d.as_millis() as u64);
-    log.upstream_host = report
-        .upstream
-        .as_ref()
-        .map(|u| u.target().to_string())
-        .unwrap_or_else(|| "-".into());
-    log.upstream_cluster = service.to_string();
-    log.destination_principal = dst
-        .map(|w| w.identity.clone())
-        .unwrap_or_else(|| "-".into());
     let access_log = snap.telemetry.access_log_client;
+    // The rest of the line is only built when it is written (off by default, as in Istio).
+    if access_log {
+        log.response_code = resp.status().as_u16();
+        log.response_flags = report.flags.to_string();
+        log.attempts = report.attempts;
+        log.route_name = report.route;
+        log.upstream_service_time_ms = report.upstream_time.map(|d| d.as_millis() as u64);
+        log.upstream_host = report
+            .upstream
+            .as_ref()
+            .map(|u| u.target().to_string())
+            .unwrap_or_else(|| "-".into());
+        log.upstream_cluster = service.to_string();
+        log.destination_principal = dst
+            .map(|w| w.identity.clone())
+            .unwrap_or_else(|| "-".into());
+    }
     let engine = ds.engine.clone();
     counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;

@@ -108,7 +108,9 @@ impl LoopbackNet {
             lock(&self.pending).remove(&local);
         }
         let s = r?;
-        s.set_nodelay(true)?;
+        // A connection the proxy already reset (a denied destination) is still the app's to
+        // read the reset from, as with a real socket: setting the option may fail on it.
+        let _ = s.set_nodelay(true);
         Ok(s)
     }
 }
