@@ -27,9 +27,13 @@ const STREAMS_PER_CONN: usize = 100;
 /// HTTP/2 flow control and framing for tunnels. hyper's defaults (a 1 MiB window on the
 /// server side, 16 KiB frames) stall one bulk stream on window updates and spend a frame
 /// header, a TLS record and a wake-up per 16 KiB; tunnels carry whole TCP streams, so they get
-/// wide windows and large frames (ztunnel chose similar values).
+/// wide windows and large frames (ztunnel chose similar values). The connection's window is
+/// four streams' worth: a tunnel whose reader stalls holds its stream's window unreleased, and
+/// a connection window no wider than one stream's would let it stall every other tunnel of the
+/// pooled connection (a 4 MiB connection window measured less memory after bulk runs before
+/// freed memory was purged, but that is not worth one slow client blocking its neighbours).
 const STREAM_WINDOW: u32 = 4 << 20;
-const CONN_WINDOW: u32 = 4 << 20;
+const CONN_WINDOW: u32 = 16 << 20;
 const MAX_FRAME: u32 = 1 << 20;
 
 /// What the TLS layer of a tunnel reads from the socket per syscall. rustls asks for at most
