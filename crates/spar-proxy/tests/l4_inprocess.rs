@@ -268,3 +268,41 @@ spec:
         "the tcp route sends some connections to other: {by_pod:?}"
     );
 }
+
+/// A client that stops reading its echo holds its tunnel's window unreleased in the node
+/// proxy; the other tunnels pooled on the same HBONE connection keep flowing (the connection
+/// window is several streams wide).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_does_not_stall_the_other_tunnels_of_its_pooled_connection() {
+    let mesh = ambient("").await;
+    // Open the pooled connection with a first exchange, then stall a second tunnel on it.
+    let s = mesh.connect("client", "server", 9000).await;
+    assert_eq!(echo_once(s, b"warm").await.expect("first echo"), b"warm");
+    let mut stalled = mesh.connect("client", "server", 9000).await;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let (mut written, mut pauses) = (0usize, 0);
+    // Write until back-pressure stops us (never reading the echo): at least the stream's
+    // window (4 MiB) plus the sockets' buffers must be in flight. A pause before that is a
+    // busy machine, not back-pressure: keep writing.
+    while written < 64 << 20 && pauses < 20 {
+        match tokio::time::timeout(Duration::from_millis(500), stalled.write_all(&chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            Ok(Err(e)) => panic!("stalled writer failed: {e}"),
+            Err(_) if written >= 4 << 20 => break,
+            Err(_) => pauses += 1,
+        }
+    }
+    assert!(
+        written >= 4 << 20,
+        "the stalled tunnel carried at least a window before back-pressure ({written} bytes)"
+    );
+    // A new tunnel between the same pods rides the same pooled connection and still flows.
+    let s = mesh.connect("client", "server", 9000).await;
+    assert_eq!(
+        echo_once(s, b"still flowing")
+            .await
+            .expect("an echo beside the stalled tunnel"),
+        b"still flowing"
+    );
+    drop(stalled);
+}
