@@ -79,7 +79,7 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "NODE      POD-CIDR         FABRIC-IP     NODE-PROXY (metrics, /healthz/ready, /config_dump)"
+        "NODE      POD-CIDR         FABRIC-IP     NODE-PROXY metrics (on the node, and on this host's loopback with /config_dump)"
     );
     for n in &s.plan.nodes {
         let proxy =
@@ -87,6 +87,7 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|v| v["admin"].as_str().map(|a| format!("http://{a}/metrics")))
+                .map(|host| format!("http://{}:15020/metrics {host}", n.gateway))
                 .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
@@ -120,6 +121,14 @@ pub fn status(state_dir: &Path) -> Result<String, Error> {
             pod.namespace,
             pod.name,
             urls.join(", ")
+        );
+    }
+    if s.plan.pods.iter().any(crate::observability::is_prometheus) {
+        let _ = writeln!(
+            out,
+            "PROMETHEUS  http://{}:{} (from this host)",
+            crate::observability::HOST_ADDRESS,
+            crate::observability::PORT
         );
     }
     let _ = writeln!(
@@ -252,7 +261,14 @@ pub fn exec(
         .map(|c| User::of(c.run_as_user, c.run_as_group))
         .unwrap_or(User::of(None, None));
     let paths = Paths::new(state_dir);
-    let argv = sandbox::argv(&p.netns, user, &spar_bin, &[paths.root.as_path()], command);
+    let argv = sandbox::argv(
+        &p.netns,
+        user,
+        &spar_bin,
+        None,
+        &[paths.root.as_path()],
+        command,
+    );
     // The pod's environment, not the operator's shell's (as `kubectl exec`).
     let status = std::process::Command::new(&argv[0])
         .args(&argv[1..])

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingress;
 pub mod live;
 pub mod net;
+pub mod observability;
 pub mod plan;
 pub mod proxies;
 pub mod sandbox;

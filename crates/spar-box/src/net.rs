@@ -359,6 +359,7 @@ mod tests {
             annotations: Default::default(),
             restart_policy: "Always".into(),
             sidecar: false,
+            app_metrics: None,
         };
         let hosts = hosts_file(&pod, &services);
         assert!(

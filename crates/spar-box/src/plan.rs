@@ -51,6 +51,10 @@ pub struct PodPlan {
     /// Injected: a sidecar runs beside the containers.
     #[serde(default)]
     pub sidecar: bool,
+    /// Where the application serves its metrics (port, path), for its sidecar to merge
+    /// into `:15020/stats/prometheus`: the `prometheus.io/*` annotations injection moved.
+    #[serde(default)]
+    pub app_metrics: Option<(u16, String)>,
 }
 
 fn always() -> String {
@@ -191,6 +195,13 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                     }
                 })
                 .collect();
+            let sidecar = injected(ns_labels.get(ns).copied(), &labels);
+            let mut annotations = template.metadata.annotations.clone();
+            let app_metrics = if sidecar {
+                crate::observability::inject_annotations(&mut annotations)
+            } else {
+                None
+            };
             pods.push(PodPlan {
                 namespace: ns.to_string(),
                 netns: pod_netns(ns, &name),
@@ -201,8 +212,9 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
                 ip: nth(cidr.network(), host),
                 prefix: cidr.prefix_len(),
                 service_account: template.spec.service_account().to_string(),
-                sidecar: injected(ns_labels.get(ns).copied(), &labels),
-                annotations: template.metadata.annotations.clone(),
+                sidecar,
+                annotations,
+                app_metrics,
                 restart_policy: template.spec.restart_policy.clone().unwrap_or_else(always),
                 labels,
                 containers,

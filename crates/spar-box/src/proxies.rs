@@ -204,6 +204,14 @@ pub(crate) async fn start_sidecar(
             .map(|p| vec!["--exclude-outbound-ports".to_string(), p])
             .unwrap_or_default(),
     )
+    .args(pod.app_metrics.iter().flat_map(|(port, path)| {
+        [
+            "--app-metrics-port".to_string(),
+            port.to_string(),
+            "--app-metrics-path".to_string(),
+            path.clone(),
+        ]
+    }))
     .stdout(Stdio::null())
     .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
     .kill_on_drop(true);
@@ -265,6 +273,7 @@ pub(crate) async fn run_node_proxy(
         .arg(&token_file)
         .arg("--endpoints-file")
         .arg(root.join("proxies").join(format!("{node}.json")))
+        .args(["--node-netns", &crate::plan::node_netns(&node)])
         .stdout(Stdio::null())
         .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()));
         cmd

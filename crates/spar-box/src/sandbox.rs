@@ -23,17 +23,27 @@ pub const SPAR_BIN_DIR: &str = "/run/spar-bin";
 const DROPPED_FROM_ROOT: &str = "-net_admin,-sys_admin,-sys_ptrace,-sys_module,-sys_rawio,-bpf,-perfmon,-sys_boot,-mac_admin,-mac_override,-sys_time";
 
 /// The set-up run as root inside the pod's mount namespace before dropping to the user.
-/// `$1` is the spar binary, `$2` how many directories to hide, then those directories,
-/// then the command.
+/// `$1` is the spar binary, `$2` and `$3` a read-only volume's source and target (empty for
+/// none; the target under /run), then how many directories to hide and those directories,
+/// then the command. The volume's source is held as the working directory while /run and
+/// /tmp are covered (the box's state, where the source lives, is often under one of them)
+/// and bound from there without resolving its path again (`mount -c`).
 const SCRIPT: &str = r#"set -e
-cd /
-bin="$1"; n="$2"; shift 2
+bin="$1"; src="$2"; dst="$3"; shift 3
+if [ -n "$src" ]; then cd "$src"; else cd /; fi
 mount -t tmpfs -o mode=0755,size=4m spar-run /run
 mkdir -p /run/spar-bin
 : > /run/spar-bin/spar
 mount --bind "$bin" /run/spar-bin/spar
 mount -o remount,bind,ro /run/spar-bin/spar
 mount -t tmpfs -o mode=1777,size=256m spar-tmp /tmp
+if [ -n "$src" ]; then
+  mkdir -p "$dst"
+  mount -c --bind . "$dst"
+  mount -c -o remount,bind,ro "$dst"
+fi
+cd /
+n="$1"; shift
 while [ "$n" -gt 0 ]; do
   if [ -d "$1" ]; then mount -t tmpfs -o mode=0700,size=64k spar-hidden "$1"; fi
   shift; n=$((n - 1))
@@ -59,12 +69,23 @@ impl User {
     }
 }
 
+/// A read-only view of a host directory inside one pod (under `/run`), like a ConfigMap
+/// volume: the box's Prometheus reads its config and targets through one. A pod has at
+/// most one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: std::path::PathBuf,
+    /// Must be under `/run` (a fresh tmpfs where the target can be made).
+    pub target: String,
+}
+
 /// The program and arguments that run `argv` confined in pod network namespace `netns` as
-/// `user`, with `hide` covered.
+/// `user`, with `volume` mounted and `hide` covered.
 pub fn argv(
     netns: &str,
     user: User,
     spar_bin: &Path,
+    volume: Option<&Bind>,
     hide: &[&Path],
     argv: &[String],
 ) -> Vec<String> {
@@ -82,6 +103,10 @@ pub fn argv(
     .map(|s| s.to_string())
     .collect();
     out.push(spar_bin.display().to_string());
+    match volume {
+        Some(b) => out.extend([b.source.display().to_string(), b.target.clone()]),
+        None => out.extend([String::new(), String::new()]),
+    }
     out.push(hide.len().to_string());
     out.extend(hide.iter().map(|p| p.display().to_string()));
     out.push("setpriv".into());
@@ -140,6 +165,7 @@ mod tests {
                 "spar-ns-pod",
                 u,
                 Path::new("/x/spar"),
+                None,
                 &[Path::new("/state")],
                 &["sleep".into(), "1".into()],
             )

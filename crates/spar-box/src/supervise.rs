@@ -23,6 +23,9 @@ pub struct Confine {
     pub spar_bin: PathBuf,
     pub hide: Vec<PathBuf>,
     pub path_env: String,
+    /// The box's observability directory (Prometheus's config and targets), bound
+    /// read-only into the Prometheus pod only.
+    pub observability: Option<PathBuf>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -61,10 +64,12 @@ pub async fn supervise(
         };
         let user = User::of(container.run_as_user, container.run_as_group);
         let hide: Vec<&std::path::Path> = confine.hide.iter().map(|p| p.as_path()).collect();
+        let volume = crate::observability::volume(&pod, &confine);
         let argv = sandbox::argv(
             &pod.netns,
             user,
             &confine.spar_bin,
+            volume.as_ref(),
             &hide,
             &container.command,
         );

@@ -27,6 +27,8 @@ pub struct UpOptions {
     pub cert_ttl: Option<String>,
     /// Lifetime of the proxies' bearer tokens; each is minted again at half its life.
     pub token_ttl: Duration,
+    /// Add Istio's Prometheus addon (`observability.rs`).
+    pub observability: bool,
 }
 
 /// Everything that can be checked before touching the machine.
@@ -34,7 +36,11 @@ pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot);
     }
-    for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+    let mut tools = vec![("ip", "iproute2"), ("nft", "nftables")];
+    if opts.observability {
+        tools.push(("prometheus", "prometheus"));
+    }
+    for (tool, package) in tools {
         if net::run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             return Err(Error::MissingTool { tool, package });
         }
@@ -61,6 +67,10 @@ pub fn preflight(opts: &UpOptions) -> Result<(Vec<Resource>, Plan), Error> {
     resources.extend(waypoints);
     let ingresses = crate::ingress::expand(&resources)?;
     resources.extend(ingresses);
+    if opts.observability {
+        let addon = crate::observability::expand(&resources)?;
+        resources.extend(addon);
+    }
     let plan = plan(&resources, &spec)?;
     Ok((resources, plan))
 }
@@ -109,6 +119,18 @@ async fn run_mesh(
     state: &mut BoxState,
 ) -> Result<(), Error> {
     net::create(&state.plan)?;
+    let mut targets = String::new();
+    if opts.observability {
+        crate::observability::write(&paths.root, &state.plan, &mut targets)?;
+        for pod in state
+            .plan
+            .pods
+            .iter()
+            .filter(|p| crate::observability::is_prometheus(p))
+        {
+            crate::observability::link_to_host(pod)?;
+        }
+    }
     let mut control = start_control(opts, paths, None).await?;
     let admin_addr = admin::Control::locate(&paths.control())
         .ok_or_else(|| Error::Invalid("the control plane did not start".into()))?;
@@ -138,6 +160,9 @@ async fn run_mesh(
         spar_bin: opts.spar_bin.clone(),
         hide: vec![paths.root.clone()],
         path_env: sandbox::path_env(sandbox::POD_PATH),
+        observability: opts
+            .observability
+            .then(|| crate::observability::dir(&paths.root)),
     };
     let mut containers: Vec<(usize, Arc<Mutex<ContainerState>>)> = Vec::new();
     let mut tasks = Vec::new();
@@ -245,6 +270,11 @@ async fn run_mesh(
                     stop: &stop_rx,
                 };
                 tasks.extend(crate::live::take(&ctx, state));
+                if opts.observability
+                    && let Err(e) = crate::observability::write(&paths.root, &state.plan, &mut targets)
+                {
+                    tracing::warn!(error = %e, "cannot write Prometheus's targets");
+                }
                 refresh_status(state, &containers).await;
                 if let Err(e) = merge_labels_and_write(state, paths) {
                     tracing::warn!(error = %e, "cannot write the status file");

@@ -38,6 +38,15 @@ pub struct PodInfo {
     /// Print one line per HTTP request to stdout (`--log-requests`).
     #[serde(skip)]
     pub log_requests: bool,
+    /// Request headers that line also shows (`--log-header`, lower case).
+    #[serde(skip)]
+    pub log_headers: Vec<String>,
+    /// Serve the echo's own Prometheus metrics on `/metrics` (`--metrics`).
+    #[serde(skip)]
+    pub metrics: bool,
+    /// Requests answered so far (shared by clones: one count per process).
+    #[serde(skip)]
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PodInfo {
@@ -57,8 +66,18 @@ impl PodInfo {
                 .or_else(|| get("POD_VERSION"))
                 .unwrap_or_default(),
             hostname,
-            log_requests: false,
+            ..Default::default()
         }
+    }
+}
+
+impl PodInfo {
+    /// `{pod}`, `{version}`, `{namespace}` in `template` replaced by this pod's.
+    pub fn expand(&self, template: &str) -> String {
+        template
+            .replace("{pod}", &self.pod)
+            .replace("{version}", &self.version)
+            .replace("{namespace}", &self.namespace)
     }
 }
 

@@ -77,15 +77,13 @@ async fn handle(
     peer: SocketAddr,
     info: Arc<PodInfo>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    info.requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if info.log_requests {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("-")
-            .to_string();
-        println!("echo: {} {} host={host}", req.method(), req.uri().path());
+        println!("{}", log_line(&req, peer, &info.log_headers));
+    }
+    if info.metrics && req.uri().path() == "/metrics" {
+        return Ok(metrics(&info));
     }
     if let Some(r) = crate::ws::upgrade(&mut req) {
         return Ok(r);
@@ -178,6 +176,53 @@ async fn handle(
         http::HeaderValue::from_static(ct),
     );
     Ok(resp)
+}
+
+/// One request as `spar logs` shows it: method, path and query, host, source, and the
+/// headers asked for (`-` when absent), so routing and mirroring are visible per pod.
+pub fn log_line<B>(req: &Request<B>, peer: SocketAddr, headers: &[String]) -> String {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("-");
+    let mut line = format!(
+        "echo: {} {} host={host} source={}",
+        req.method(),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        SocketAddr::new(peer.ip().to_canonical(), peer.port())
+    );
+    for h in headers {
+        let v = req
+            .headers()
+            .get(h.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "-".into());
+        line.push_str(&format!(" {h}={v}"));
+    }
+    line
+}
+
+/// The echo's own metrics, in Prometheus text format (what a pod annotated
+/// `prometheus.io/scrape` serves, for metrics merging).
+fn metrics(info: &PodInfo) -> Response<Full<Bytes>> {
+    let n = info.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let body = format!(
+        "# HELP spar_echo_requests_total HTTP requests this echo answered.\n\
+         # TYPE spar_echo_requests_total counter\n\
+         spar_echo_requests_total{{pod=\"{}\",version=\"{}\"}} {n}\n",
+        info.pod, info.version
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 fn text_form(e: &Echo<'_>) -> String {

@@ -18,11 +18,42 @@ async fn listen(port: u16) -> Result<TcpListener, Error> {
     }
 }
 
-/// Echo every byte back until the client closes.
-pub async fn bind_tcp_echo(port: u16) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+/// Echo every byte back until the client closes; with a `banner`, answer each line with
+/// `BANNER LINE` instead (Istio's tcp-echo sample: `hello ...`).
+pub async fn bind_tcp_echo(
+    port: u16,
+    banner: Option<String>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let l = listen(port).await?;
     let addr = l.local_addr()?;
-    Ok((addr, serve_tcp_echo(l)))
+    Ok((
+        addr,
+        match banner {
+            None => serve_tcp_echo(l),
+            Some(b) => serve_tcp_banner(l, b),
+        },
+    ))
+}
+
+/// Answer each line with the banner, a space and the line, until the client closes.
+pub fn serve_tcp_banner(l: TcpListener, banner: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let banner = banner.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("{banner} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    })
 }
 
 /// Echo on a bound listener forever.

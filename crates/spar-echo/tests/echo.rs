@@ -10,7 +10,7 @@ fn info(version: &str) -> PodInfo {
         pod: format!("echo-{version}"),
         namespace: "test".into(),
         version: version.into(),
-        log_requests: false,
+        ..Default::default()
     }
 }
 
@@ -115,7 +115,7 @@ async fn client_counts_transport_errors_and_paces() {
 
 #[tokio::test]
 async fn tcp_echo_and_server_first() {
-    let (addr, _t) = tcp::bind_tcp_echo(0).await.expect("binds");
+    let (addr, _t) = tcp::bind_tcp_echo(0, None).await.expect("binds");
     assert_eq!(
         tcp::tcp_exchange(&addr.to_string(), "ping\n")
             .await
@@ -152,4 +152,53 @@ async fn websocket_echo() {
         .await
         .expect("exchange");
     assert_eq!(got, "hello ws");
+}
+
+#[tokio::test]
+async fn tcp_banner_prefixes_each_answer_like_istios_tcp_echo() {
+    let banner = info("v2").expand("hello {version} from {pod}");
+    let (addr, _t) = tcp::bind_tcp_echo(0, Some(banner)).await.expect("binds");
+    assert_eq!(
+        tcp::tcp_exchange(&addr.to_string(), "one\ntwo\n")
+            .await
+            .expect("echo"),
+        "hello v2 from echo-v2 one\nhello v2 from echo-v2 two\n"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_the_log_line_names_what_was_asked() {
+    let mut i = info("v1");
+    i.metrics = true;
+    let (addr, _t) = server::bind_http(0, i).await.expect("binds");
+    let target = format!("127.0.0.1:{}", addr.port());
+    for _ in 0..3 {
+        tcp::tcp_exchange(
+            &target,
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("request");
+    }
+    let body = tcp::tcp_exchange(
+        &target,
+        "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("metrics");
+    assert!(
+        body.contains("spar_echo_requests_total{pod=\"echo-v1\",version=\"v1\"} 4"),
+        "three requests and the scrape itself: {body}"
+    );
+
+    let req = http::Request::get("/reviews/1?u=jason")
+        .header("host", "reviews:9080")
+        .header("x-request-id", "abc")
+        .body(())
+        .expect("request");
+    let peer: std::net::SocketAddr = "10.244.1.7:40000".parse().expect("addr");
+    assert_eq!(
+        server::log_line(&req, peer, &["x-request-id".into(), "end-user".into()]),
+        "echo: GET /reviews/1?u=jason host=reviews:9080 source=10.244.1.7:40000 x-request-id=abc end-user=-"
+    );
 }

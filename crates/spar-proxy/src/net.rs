@@ -62,6 +62,14 @@ impl PodNet {
         }
     }
 
+    /// A listener on `port` of the pod's loopback only (in-process: as `listen`).
+    pub async fn listen_local(&self, port: u16) -> io::Result<TcpListener> {
+        match self {
+            PodNet::Netns(n) => n.listen_local(port).await,
+            PodNet::Loopback(p) => p.listen(port).await,
+        }
+    }
+
     /// A UDP socket on `port` inside the pod (the DNS proxy).
     pub async fn bind_udp(&self, port: u16) -> io::Result<UdpSocket> {
         match self {

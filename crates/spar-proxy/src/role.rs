@@ -39,6 +39,12 @@ pub trait Role: Deliver {
     }
     /// Serve an enrolled pod's listeners; the tasks are aborted when the pod leaves.
     fn start(self: Arc<Self>, pod: Arc<Pod>, l: Listeners) -> Vec<JoinHandle<()>>;
+    /// Whether the proxy serves Istio's `:15020`/`:15021`/`:15000` inside its pod (a
+    /// sidecar, waypoint or gateway: the pod is the proxy's own; a node proxy serves its
+    /// node's instead).
+    fn pod_ports(&self) -> bool {
+        false
+    }
     /// Metrics beyond the TCP ones every role has.
     fn register_metrics(&self, _r: &mut Registry) {}
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::pipe::{Leg, Moved, pipe};
-use crate::metrics::{Metrics, TcpLabels};
+use crate::metrics::{Metrics, PeerLabels, TcpLabels};
 use crate::snapshot::{ServiceKey, WorkloadInfo};
 
 /// Istio's TCP metric labels for a connection from `src` to `dst`.
@@ -20,24 +20,8 @@ pub fn labels(
     service: Option<&ServiceKey>,
     mtls: bool,
 ) -> TcpLabels {
-    let f = |w: Option<&WorkloadInfo>, g: fn(&WorkloadInfo) -> &str| {
-        w.map(g).unwrap_or("unknown").to_string()
-    };
     TcpLabels {
-        reporter: reporter.into(),
-        source_workload: f(src, |w| &w.workload_name),
-        source_workload_namespace: f(src, |w| &w.namespace),
-        source_principal: f(src, |w| &w.identity),
-        source_app: f(src, |w| &w.canonical_name),
-        source_version: f(src, |w| &w.canonical_revision),
-        destination_workload: f(dst, |w| &w.workload_name),
-        destination_workload_namespace: f(dst, |w| &w.namespace),
-        destination_principal: f(dst, |w| &w.identity),
-        destination_app: f(dst, |w| &w.canonical_name),
-        destination_version: f(dst, |w| &w.canonical_revision),
-        destination_service: service
-            .map(|s| s.hostname().to_string())
-            .unwrap_or_else(|| "unknown".into()),
+        peers: PeerLabels::new(reporter, src, None, dst, service),
         request_protocol: "tcp".into(),
         response_flags: "-".into(),
         connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),

@@ -15,24 +15,13 @@ use prometheus_client::registry::Registry;
 
 use super::body::Body;
 use crate::l4::plan::Upstream;
+use crate::metrics::PeerLabels;
 use crate::snapshot::{ServiceKey, WorkloadInfo};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -87,31 +76,8 @@ impl HttpLabels {
         grpc: bool,
         flags: &str,
     ) -> HttpLabels {
-        let f = |w: Option<&WorkloadInfo>, g: fn(&WorkloadInfo) -> &str| {
-            w.map(g).unwrap_or("unknown").to_string()
-        };
         HttpLabels {
-            reporter: reporter.into(),
-            source_workload: f(p.src, |w| &w.workload_name),
-            source_workload_namespace: f(p.src, |w| &w.namespace),
-            source_principal: p
-                .src_principal
-                .or(p.src.map(|w| w.identity.as_str()))
-                .unwrap_or("unknown")
-                .to_string(),
-            source_app: f(p.src, |w| &w.canonical_name),
-            source_version: f(p.src, |w| &w.canonical_revision),
-            destination_workload: f(p.dst, |w| &w.workload_name),
-            destination_workload_namespace: f(p.dst, |w| &w.namespace),
-            destination_principal: f(p.dst, |w| &w.identity),
-            destination_app: f(p.dst, |w| &w.canonical_name),
-            destination_version: f(p.dst, |w| &w.canonical_revision),
-            destination_service: p.service.hostname().to_string(),
-            destination_service_name: p.service.short_name().to_string(),
-            destination_service_namespace: match p.service.namespace() {
-                "" => "unknown".to_string(),
-                ns => ns.to_string(),
-            },
+            peers: PeerLabels::new(reporter, p.src, p.src_principal, p.dst, Some(p.service)),
             request_protocol: if grpc { "grpc" } else { "http" }.into(),
             response_code: resp.status().as_u16().to_string(),
             grpc_response_status: resp
@@ -336,20 +302,28 @@ mod tests {
     fn labels(code: &str) -> HttpLabels {
         let s = |v: &str| v.to_string();
         HttpLabels {
-            reporter: s("destination"),
-            source_workload: s("client"),
-            source_workload_namespace: s("ns"),
-            source_principal: s("spiffe://cluster.local/ns/ns/sa/client"),
-            source_app: s("client"),
-            source_version: s("v1"),
-            destination_workload: s("server"),
-            destination_workload_namespace: s("ns"),
-            destination_principal: s("spiffe://cluster.local/ns/ns/sa/server"),
-            destination_app: s("server"),
-            destination_version: s("v1"),
-            destination_service: s("server.ns.svc.cluster.local"),
-            destination_service_name: s("server"),
-            destination_service_namespace: s("ns"),
+            peers: PeerLabels {
+                reporter: s("destination"),
+                source_workload: s("client"),
+                source_workload_namespace: s("ns"),
+                source_principal: s("spiffe://cluster.local/ns/ns/sa/client"),
+                source_app: s("client"),
+                source_version: s("v1"),
+                source_canonical_service: s("client"),
+                source_canonical_revision: s("v1"),
+                source_cluster: s("Kubernetes"),
+                destination_workload: s("server"),
+                destination_workload_namespace: s("ns"),
+                destination_principal: s("spiffe://cluster.local/ns/ns/sa/server"),
+                destination_app: s("server"),
+                destination_version: s("v1"),
+                destination_canonical_service: s("server"),
+                destination_canonical_revision: s("v1"),
+                destination_cluster: s("Kubernetes"),
+                destination_service: s("server.ns.svc.cluster.local"),
+                destination_service_name: s("server"),
+                destination_service_namespace: s("ns"),
+            },
             request_protocol: s("http"),
             response_code: s(code),
             grpc_response_status: s(""),

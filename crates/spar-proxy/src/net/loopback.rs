@@ -148,9 +148,12 @@ impl LoopPod {
         source: Option<IpAddr>,
     ) -> io::Result<TcpStream> {
         let from = source.unwrap_or(self.ip);
-        if source.is_some() || dst.ip() == self.ip {
-            // To the pod's own application: over its loopback, never captured.
-            let real = self.net.listening(dst.ip(), dst.port()).unwrap_or(dst);
+        let own_loopback = dst.ip() == IpAddr::from([127, 0, 0, 1]);
+        if source.is_some() || dst.ip() == self.ip || own_loopback {
+            // To the pod's own application: over its loopback, never captured. The pod's
+            // 127.0.0.1 is the pod itself here (pod addresses are other 127.x addresses).
+            let ip = if own_loopback { self.ip } else { dst.ip() };
+            let real = self.net.listening(ip, dst.port()).unwrap_or(dst);
             return self.net.dial(from, real, None).await;
         }
         self.net.deliver(from, dst).await

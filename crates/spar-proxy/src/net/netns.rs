@@ -79,6 +79,20 @@ impl Netns {
         port: u16,
         transparent: bool,
     ) -> io::Result<tokio::net::TcpListener> {
+        self.listen_at([0, 0, 0, 0], port, transparent).await
+    }
+
+    /// A listener on `port` of the pod's loopback only (the config dump on 15000).
+    pub async fn listen_local(&self, port: u16) -> io::Result<tokio::net::TcpListener> {
+        self.listen_at([127, 0, 0, 1], port, false).await
+    }
+
+    async fn listen_at(
+        &self,
+        ip: [u8; 4],
+        port: u16,
+        transparent: bool,
+    ) -> io::Result<tokio::net::TcpListener> {
         let l: TcpListener = self
             .run(move || {
                 let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -86,7 +100,7 @@ impl Netns {
                 if transparent {
                     s.set_ip_transparent_v4(true)?;
                 }
-                s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+                s.bind(&SocketAddr::from((ip, port)).into())?;
                 s.listen(1024)?;
                 s.set_nonblocking(true)?;
                 Ok(s.into())

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use super::Role;
 use crate::Error;
+use crate::admin::Admin;
 use crate::proxy::{Listeners, Pod};
 use crate::snapshot::WorkloadInfo;
 
@@ -16,8 +17,9 @@ struct Enrolled {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Run a proxy role: xDS, then enrol and release pods as the config says, forever.
-pub async fn run<R: Role>(role: Arc<R>) {
+/// Run a proxy role: xDS, then enrol and release pods as the config says, forever. With
+/// `admin`, a role that has `pod_ports` serves Istio's ports in each pod it enrols.
+pub async fn run<R: Role>(role: Arc<R>, admin: Option<Arc<Admin>>) {
     let proxy = role.proxy().clone();
     tokio::spawn(crate::xds_client::run(
         proxy.control.clone(),
@@ -52,7 +54,7 @@ pub async fn run<R: Role>(role: Arc<R>) {
             if enrolled.contains_key(uid) {
                 continue;
             }
-            match enrol(&role, w.clone()).await {
+            match enrol(&role, w.clone(), admin.as_ref()).await {
                 Ok(e) => {
                     tracing::info!(%uid, net = %e.pod.net.name(), "pod enrolled");
                     enrolled.insert(uid.clone(), e);
@@ -73,7 +75,11 @@ pub async fn run<R: Role>(role: Arc<R>) {
     }
 }
 
-async fn enrol<R: Role>(role: &Arc<R>, w: Arc<WorkloadInfo>) -> Result<Enrolled, Error> {
+async fn enrol<R: Role>(
+    role: &Arc<R>,
+    w: Arc<WorkloadInfo>,
+    admin: Option<&Arc<Admin>>,
+) -> Result<Enrolled, Error> {
     let ip =
         w.ip.ok_or_else(|| Error::Denied("workload has no address".into()))?;
     let proxy = role.proxy();
@@ -95,6 +101,9 @@ async fn enrol<R: Role>(role: &Arc<R>, w: Arc<WorkloadInfo>) -> Result<Enrolled,
         ip,
         net,
     });
-    let tasks = role.clone().start(pod.clone(), listeners);
+    let mut tasks = role.clone().start(pod.clone(), listeners);
+    if let (Some(admin), true) = (admin, role.pod_ports()) {
+        tasks.extend(crate::admin::open_pod_ports(admin, &pod).await);
+    }
     Ok(Enrolled { pod, tasks })
 }

@@ -45,6 +45,10 @@ impl Role for GatewayRole {
         true
     }
 
+    fn pod_ports(&self) -> bool {
+        true
+    }
+
     fn serves(&self, w: &WorkloadInfo) -> bool {
         w.namespace == self.namespace && w.name == self.pod
     }

@@ -53,12 +53,24 @@ impl Role for SidecarRole {
         true
     }
 
+    fn pod_ports(&self) -> bool {
+        true
+    }
+
     fn serves(&self, w: &WorkloadInfo) -> bool {
         w.namespace == self.namespace && w.name == self.pod
     }
 
     fn capture(&self) -> Capture {
-        self.capture.clone()
+        // The proxy's own ports in the pod are reached directly, as Istio's sidecar
+        // capture leaves them: metrics (15020), readiness (15021), Envoy's stats port.
+        let mut c = self.capture.clone();
+        for port in [crate::admin::STATS_PORT, crate::admin::HEALTH_PORT, 15090] {
+            if !c.exclude_inbound.contains(&port) {
+                c.exclude_inbound.push(port);
+            }
+        }
+        c
     }
 
     fn start(self: Arc<Self>, pod: Arc<Pod>, l: Listeners) -> Vec<JoinHandle<()>> {

@@ -40,6 +40,10 @@ impl Role for WaypointRole {
         true
     }
 
+    fn pod_ports(&self) -> bool {
+        true
+    }
+
     fn serves(&self, w: &WorkloadInfo) -> bool {
         w.namespace == self.namespace && w.name == self.pod
     }

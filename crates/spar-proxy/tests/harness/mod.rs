@@ -330,7 +330,7 @@ impl Mesh {
                 pod: p.name.clone(),
                 namespace: p.namespace.clone(),
                 version: p.labels.get("version").cloned().unwrap_or_default(),
-                log_requests: false,
+                ..Default::default()
             };
             self.tasks.push(spar_echo::server::serve_http(l, info));
         }
@@ -464,6 +464,16 @@ impl Mesh {
     /// Start the sidecar of `pod`, and wait until it captures the pod and holds its
     /// certificate.
     pub async fn sidecar(&mut self, pod: &str) -> Arc<SidecarRole> {
+        self.sidecar_with_app_metrics(pod, None).await
+    }
+
+    /// A sidecar whose pod asked for its application's metrics to be merged into the
+    /// proxy's `:15020/stats/prometheus` (Istio's `prometheus.io/*` annotations).
+    pub async fn sidecar_with_app_metrics(
+        &mut self,
+        pod: &str,
+        app: Option<spar_proxy::admin::AppMetrics>,
+    ) -> Arc<SidecarRole> {
         let p = self.pod(pod).clone();
         let proxy = self.proxy(
             &format!("{}/{}", p.namespace, p.name),
@@ -481,8 +491,11 @@ impl Mesh {
             pod: p.name.clone(),
             capture: Capture::default(),
         });
-        self.tasks
-            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
+        let admin = spar_proxy::admin::Admin::new(&*role, app);
+        self.tasks.push(tokio::spawn(spar_proxy::role::run(
+            role.clone(),
+            Some(admin),
+        )));
         self.wait_enrolled(&proxy, &p).await;
         self.sidecars.insert(p.name.clone(), role.clone());
         role
@@ -516,8 +529,11 @@ impl Mesh {
             pod: p.name.clone(),
             gateway: gateway.into(),
         });
-        self.tasks
-            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
+        let admin = spar_proxy::admin::Admin::new(&*role, None);
+        self.tasks.push(tokio::spawn(spar_proxy::role::run(
+            role.clone(),
+            Some(admin),
+        )));
         let uid = format!("Kubernetes//Pod/{}/{}", p.namespace, p.name);
         eventually(
             &format!("the waypoint serves {}", p.name),
@@ -554,7 +570,7 @@ impl Mesh {
             proxy: proxy.clone(),
         });
         self.tasks
-            .push(tokio::spawn(spar_proxy::role::run(role.clone())));
+            .push(tokio::spawn(spar_proxy::role::run(role.clone(), None)));
         eventually("the node proxy has config", Duration::from_secs(10), || {
             let proxy = proxy.clone();
             async move { proxy.ready() }

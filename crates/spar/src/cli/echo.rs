@@ -19,9 +19,20 @@ pub enum EchoCommand {
         /// Serve the gRPC echo service (h2c) on this port.
         #[arg(long)]
         grpc_port: Option<u16>,
-        /// Print one line per HTTP request (method, path, host) to stdout.
+        /// Print one line per HTTP request (method, path and query, host, source) to
+        /// stdout, which `spar logs` shows.
         #[arg(long)]
         log_requests: bool,
+        /// A request header to add to that line (repeatable), e.g. `x-request-id`.
+        #[arg(long = "log-header")]
+        log_headers: Vec<String>,
+        /// Answer `/metrics` with the echo's own Prometheus metrics (for metrics merging).
+        #[arg(long)]
+        metrics: bool,
+        /// Make the TCP echo answer each line with this text, a space and the line, like
+        /// Istio's tcp-echo (`hello`); `{version}`, `{pod}` and `{namespace}` are replaced.
+        #[arg(long)]
+        tcp_banner: Option<String>,
     },
     /// One gRPC call (or, with --stream N, one bidirectional stream of N messages).
     Grpc {
@@ -117,9 +128,14 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 server_first_port,
                 grpc_port,
                 log_requests,
+                log_headers,
+                metrics,
+                tcp_banner,
             } => {
                 let mut info = PodInfo::from_env(|k| std::env::var(k).ok());
                 info.log_requests = log_requests;
+                info.log_headers = log_headers.iter().map(|h| h.to_lowercase()).collect();
+                info.metrics = metrics;
                 if let Some(p) = grpc_port {
                     let (a, _t) = spar_echo::grpc::bind_grpc(p, info.clone()).await?;
                     eprintln!("spar echo: gRPC on {a}");
@@ -127,7 +143,8 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                 let (addr, http) = server::bind_http(port, info.clone()).await?;
                 eprintln!("spar echo: HTTP/1.1 and h2c on {addr}");
                 if let Some(p) = tcp_port {
-                    let (a, _t) = tcp::bind_tcp_echo(p).await?;
+                    let banner = tcp_banner.as_deref().map(|b| info.expand(b));
+                    let (a, _t) = tcp::bind_tcp_echo(p, banner).await?;
                     eprintln!("spar echo: TCP echo on {a}");
                     drop(_t);
                 }

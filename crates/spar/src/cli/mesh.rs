@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// half its life (e.g. 20s to watch it happen).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     token_ttl: Duration,
+    /// Also run Istio's Prometheus addon (istio-system/prometheus, Debian's `prometheus`)
+    /// scraping every pod and node proxy; `spar status` prints its address.
+    #[arg(long)]
+    observability: bool,
 }
 
 #[derive(Args)]
@@ -83,6 +87,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         spar_bin: spar_bin.clone(),
         cert_ttl: args.cert_ttl.clone(),
         token_ttl: args.token_ttl,
+        observability: args.observability,
     };
     if !args.detach {
         eprintln!("spar up: starting the mesh; Ctrl-C stops it and removes everything");
@@ -101,6 +106,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = &args.cert_ttl {
         cmd.arg("--cert-ttl").arg(t);
+    }
+    if args.observability {
+        cmd.arg("--observability");
     }
     cmd.arg("--token-ttl")
         .arg(format!("{}s", args.token_ttl.as_secs().max(1)));

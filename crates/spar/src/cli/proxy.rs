@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use spar_proxy::admin::{Admin, AppMetrics, Surface};
 use spar_proxy::control::ControlPlane;
 use spar_proxy::l7::Engine;
 use spar_proxy::l7::telemetry::LogFormat;
@@ -125,6 +126,13 @@ pub struct SidecarArgs {
     /// Access log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     access_log_format: String,
+    /// The application's metrics port in the pod: merged into `:15020/stats/prometheus`
+    /// (what the pod's `prometheus.io/port` said before injection moved it to 15020).
+    #[arg(long)]
+    app_metrics_port: Option<u16>,
+    /// The application's metrics path (its `prometheus.io/path`).
+    #[arg(long, default_value = "/metrics")]
+    app_metrics_path: String,
     /// Runtime worker threads. One by default, as Linkerd does: a sidecar serves one pod, and
     /// a single worker spares the cross-thread wake-ups (the bench measured about a quarter
     /// less CPU per request than with two).
@@ -139,6 +147,10 @@ pub struct NodeArgs {
     /// The node this proxy serves.
     #[arg(long)]
     node: String,
+    /// The node's network namespace (under /var/run/netns): `:15020/metrics` and
+    /// `:15021/healthz/ready` are served on the node's addresses there, as ztunnel's are.
+    #[arg(long)]
+    node_netns: Option<String>,
     /// Runtime worker threads: a node proxy serves every pod of its node (ztunnel runs two).
     #[arg(long, env = "SPAR_NODE_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -194,7 +206,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// What `spar proxy` was asked to run.
 enum Which {
-    Node,
+    Node {
+        netns: Option<String>,
+    },
     Gateway {
         namespace: String,
         pod: String,
@@ -212,13 +226,21 @@ enum Which {
         pod: String,
         capture: Capture,
         log_format: LogFormat,
+        app: Option<AppMetrics>,
     },
 }
 
 pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
     spar_identity::install_crypto_provider();
     let (which, name, workers, a) = match cmd {
-        ProxyCommand::Node(n) => (Which::Node, n.node, n.workers, n.common),
+        ProxyCommand::Node(n) => (
+            Which::Node {
+                netns: n.node_netns,
+            },
+            n.node,
+            n.workers,
+            n.common,
+        ),
         ProxyCommand::Gateway(g) => (
             Which::Gateway {
                 namespace: g.namespace.clone(),
@@ -266,6 +288,10 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
                 } else {
                     LogFormat::Text
                 },
+                app: s.app_metrics_port.map(|port| AppMetrics {
+                    port,
+                    path: s.app_metrics_path.clone(),
+                }),
             },
             format!("{}/{}", s.namespace, s.pod),
             s.workers,
@@ -303,7 +329,18 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
     rt.block_on(async move {
         let proxy = Proxy::new(opts)?;
         match which {
-            Which::Node => serve(Arc::new(NodeRole { proxy }), "node", &name, &a).await,
+            Which::Node { netns } => {
+                let role = Arc::new(NodeRole { proxy });
+                let admin = Admin::new(&*role, None);
+                if let Some(ns) = netns {
+                    spar_proxy::admin::open_node_ports(&admin, &ns)
+                        .await
+                        .with_context(|| {
+                            format!("cannot open :15020 and :15021 in the node's namespace {ns}")
+                        })?;
+                }
+                serve(role, admin, "node", &name, &a).await
+            }
             Which::Gateway {
                 namespace,
                 pod,
@@ -317,7 +354,9 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
                     pod,
                     listeners,
                 };
-                serve(Arc::new(role), "gateway", &name, &a).await
+                let role = Arc::new(role);
+                let admin = Admin::new(&*role, None);
+                serve(role, admin, "gateway", &name, &a).await
             }
             Which::Waypoint {
                 namespace,
@@ -332,13 +371,16 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
                     pod,
                     gateway,
                 };
-                serve(Arc::new(role), "waypoint", &name, &a).await
+                let role = Arc::new(role);
+                let admin = Admin::new(&*role, None);
+                serve(role, admin, "waypoint", &name, &a).await
             }
             Which::Sidecar {
                 namespace,
                 pod,
                 capture,
                 log_format,
+                app,
             } => {
                 let role = SidecarRole {
                     proxy,
@@ -347,7 +389,9 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
                     pod,
                     capture,
                 };
-                serve(Arc::new(role), "sidecar", &name, &a).await
+                let role = Arc::new(role);
+                let admin = Admin::new(&*role, app);
+                serve(role, admin, "sidecar", &name, &a).await
             }
         }
     })
@@ -356,6 +400,7 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
 /// The admin endpoints, then the role until a signal stops it.
 async fn serve<R: Role>(
     role: Arc<R>,
+    admin: Arc<Admin>,
     what: &str,
     name: &str,
     a: &CommonArgs,
@@ -372,10 +417,15 @@ async fn serve<R: Role>(
         .with_context(|| format!("cannot write {}", f.display()))?;
     }
     eprintln!("spar proxy {what} {name}: metrics, readiness and config dump on http://{bound}");
-    tokio::spawn(spar_proxy::admin::serve(listener, role.clone()));
+    tokio::spawn(spar_proxy::admin::serve(
+        listener,
+        admin.clone(),
+        Surface::Full,
+        None,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = spar_proxy::role::run(role) => {}
+        _ = spar_proxy::role::run(role, Some(admin)) => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
