@@ -3,6 +3,7 @@
 //!
 //! Pure data and pure functions: no I/O beyond reading the files it is asked to load.
 
+pub mod analyze;
 pub mod duration;
 pub mod gateway_api;
 pub mod istio;

@@ -22,6 +22,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 
+mod dump;
+
 use crate::net::{OUTBOUND_MARK, PodNet};
 use crate::proxy::Proxy;
 use crate::role::Role;
@@ -146,7 +148,7 @@ async fn handle(
         (Surface::Full, "/config_dump") => (
             StatusCode::OK,
             "application/json",
-            config_dump(&admin.proxy),
+            dump::config_dump(&admin.proxy),
         ),
         (Surface::Full, _) => (
             StatusCode::NOT_FOUND,
@@ -233,38 +235,6 @@ async fn scrape_app(net: &PodNet, app: &AppMetrics) -> Result<String, String> {
     String::from_utf8(body.to_vec()).map_err(|_| "the metrics are not UTF-8".to_string())
 }
 
-fn config_dump(node: &Proxy) -> String {
-    let state = node.snapshot.load_full();
-    let certs: Vec<serde_json::Value> = node
-        .certs
-        .dump()
-        .into_iter()
-        .map(|(id, exp)| {
-            let secs = exp
-                .and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs());
-            serde_json::json!({ "identity": id, "expires_unix": secs })
-        })
-        .collect();
-    let dump = serde_json::json!({
-        "node": node.name,
-        "generation": *node.generation.borrow(),
-        "enrolled": *node.enrolled.lock().unwrap_or_else(|e| e.into_inner()),
-        "certificates": certs,
-        "workloads": state.workloads.values().map(|w| &w.workload).collect::<Vec<_>>(),
-        "services": state.services.values().filter_map(|s| s.service.as_deref()).collect::<Vec<_>>(),
-        "policies": state.policies,
-        "l7": state.services.values().filter_map(|s| Some((s.key.to_string(), s.l7.as_ref()?))).map(|(k, s)| (k, serde_json::json!({
-            "virtual_service": s.virtual_service,
-            "destination_rule": s.destination_rule,
-            "http_routes": s.http.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-            "tcp_routes": s.tcp.len(),
-            "subsets": s.subsets.iter().map(|(n, m)| (n.clone(), m.members.len())).collect::<std::collections::BTreeMap<_, _>>(),
-        }))).collect::<std::collections::BTreeMap<_, _>>(),
-    });
-    serde_json::to_string_pretty(&dump).unwrap_or_default()
-}
-
 /// Bind the admin address (port 0 picks one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
@@ -276,31 +246,57 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn open_pod_ports(
     admin: &Arc<Admin>,
     pod: &Arc<crate::proxy::Pod>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Vec<(String, &'static str)>,
+) {
     let mut tasks = Vec::new();
+    let mut open = Vec::new();
     for (port, surface, local) in [
         (STATS_PORT, Surface::Stats, false),
         (HEALTH_PORT, Surface::Health, false),
         (CONFIG_DUMP_PORT, Surface::Full, true),
     ] {
-        let l = if local {
-            pod.net.listen_local(port).await
-        } else {
-            pod.net.listen(port, false).await
-        };
+        // A pod enrolled again right after leaving may still hold its previous listener
+        // for a moment (aborted tasks drop theirs when next polled): retry briefly.
+        let mut l = Err(std::io::ErrorKind::AddrInUse.into());
+        for _ in 0..20 {
+            l = if local {
+                pod.net.listen_local(port).await
+            } else {
+                pod.net.listen(port, false).await
+            };
+            match &l {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                _ => break,
+            }
+        }
         match l {
-            Ok(l) => tasks.push(tokio::spawn(serve(
-                l,
-                admin.clone(),
-                surface,
-                Some(pod.clone()),
-            ))),
+            Ok(l) => {
+                let ip = if local { "127.0.0.1" } else { "0.0.0.0" };
+                open.push((
+                    format!("{ip}:{port}/tcp"),
+                    match surface {
+                        Surface::Stats => "metrics (/stats/prometheus)",
+                        Surface::Health => "readiness (/healthz/ready)",
+                        Surface::Full => "config dump (/config_dump)",
+                    },
+                ));
+                tasks.push(tokio::spawn(serve(
+                    l,
+                    admin.clone(),
+                    surface,
+                    Some(pod.clone()),
+                )));
+            }
             Err(e) => {
                 tracing::warn!(pod = %pod.workload.workload.uid, port, error = %e, "cannot open the proxy's port in the pod; its endpoints are not served there")
             }
         }
     }
-    tasks
+    (tasks, open)
 }
 
 /// A node proxy's `:15020` and `:15021` on its node's addresses (`netns`: the node's network

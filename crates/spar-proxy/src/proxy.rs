@@ -48,6 +48,8 @@ pub struct Proxy {
     pub(crate) generation_tx: watch::Sender<u64>,
     /// Enrolled pods: uid -> network name (for the config dump).
     pub enrolled: Mutex<BTreeMap<String, String>>,
+    /// The listeners open in each enrolled pod: uid -> (port, what it serves).
+    pub listeners: Mutex<BTreeMap<String, Vec<(String, &'static str)>>>,
     pub network: Network,
     /// Open inbound L4 connections, re-decided on every config change.
     pub tracker: Arc<Tracker>,
@@ -155,6 +157,7 @@ impl Proxy {
             generation: rx,
             generation_tx: tx,
             enrolled: Mutex::new(BTreeMap::new()),
+            listeners: Mutex::new(BTreeMap::new()),
             network: opts.network,
             tracker: Arc::new(Tracker::default()),
             limits: opts.limits,

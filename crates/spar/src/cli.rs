@@ -1,11 +1,13 @@
 //! Command-line interface: argument parsing and dispatch to the subcommands.
 
 mod admin_client;
+mod analyze;
 mod control;
 mod echo;
 mod jwt;
 mod mesh;
 mod proxy;
+mod proxy_config;
 mod validate;
 mod waypoint;
 
@@ -66,6 +68,11 @@ enum Command {
     /// Ambient waypoints: deploy one for a namespace (like istioctl waypoint apply).
     #[command(subcommand)]
     Waypoint(waypoint::WaypointCommand),
+    /// Find config problems across resources, like istioctl analyze (files, or --box).
+    Analyze(analyze::AnalyzeArgs),
+    /// What the proxy of a box pod holds: proxy-config
+    /// workloads|services|endpoints|clusters|routes|listeners|secrets|all POD.
+    ProxyConfig(proxy_config::ProxyConfigArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -93,6 +100,11 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => return mesh::exec(args),
         Command::Logs(args) => mesh::logs(args),
         Command::Label(args) => mesh::label(args),
+        Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Analyze(args) => match analyze::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

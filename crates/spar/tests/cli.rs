@@ -29,6 +29,57 @@ fn validate_accepts_istio_samples() {
 }
 
 #[test]
+fn analyze_reports_codes_resources_and_lines_and_exits_79() {
+    let broken = repo().join("crates/spar/tests/fixtures/analyze-broken.yaml");
+    let out = spar().arg("analyze").arg(&broken).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(79),
+        "istioctl's code for errors found: {text}"
+    );
+    let file = broken.display().to_string();
+    for want in [
+        format!(
+            "Error [IST0101] (VirtualService shop/reviews {file}:38) Referenced host not found: \"reviewz\""
+        ),
+        format!(
+            "Error [IST0101] (VirtualService shop/reviews {file}:38) Referenced host+subset in destinationrule not found: \"reviews+v3\""
+        ),
+        format!("Warning [IST0127] (AuthorizationPolicy shop/ratings-viewer {file}:48)"),
+        format!("Warning [SPAR0001] (DestinationRule shop/reviews {file}:29) Subset \"v2\""),
+        format!("Error [SPAR0002] (PeerAuthentication shop/strict {file}:56)"),
+        format!("Warning [SPAR0003] (Namespace shop {file}:3)"),
+        format!("Info [IST0118] (Service shop/reviews {file}:9) Port name \"web\""),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&want)),
+            "missing {want}:\n{text}"
+        );
+    }
+    // The Istio samples are sound; warnings fail only when asked.
+    let out = spar()
+        .arg("analyze")
+        .arg(repo().join("examples/sidecar"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = spar()
+        .args(["analyze", "-o", "json", "--failure-threshold", "info"])
+        .arg(&broken)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(79));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v.as_array().map(|a| a.len()), Some(8), "{v}");
+}
+
+#[test]
 fn validate_reports_file_line_and_fails() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(

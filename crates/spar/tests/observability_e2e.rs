@@ -179,4 +179,128 @@ fn prometheus_scrapes_istios_ports_and_names() {
     );
     let logs = text(&spar(state, &["logs", "-n", "tcp", "deploy/tcp-client"]));
     assert!(logs.contains("hello v1 world"), "{logs}");
+
+    proxy_config_and_analyze(state);
+}
+
+/// `spar proxy-config` tables from a sidecar and a node proxy, and `spar analyze --box`.
+fn proxy_config_and_analyze(state: &std::path::Path) {
+    let pc = |args: &[&str]| {
+        let mut a = vec!["proxy-config"];
+        a.extend_from_slice(args);
+        let out = spar(state, &a);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let vs = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec: {host: web, subsets: [{name: v1, labels: {version: v1}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}, uri: {prefix: /api}}]
+    route: [{destination: {host: web, subset: v1}}]
+  - route: [{destination: {host: web}}]
+";
+    let f = state.join("web-vs.yaml");
+    std::fs::write(&f, vs).expect("write");
+    let out = spar(state, &["apply", "-f", f.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let routes = loop {
+        let r = pc(&["routes", "-n", "shop", "deploy/loadgen"]);
+        if r.contains("jason") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(routes.starts_with("SERVICE"), "{routes}");
+    let jason = routes
+        .lines()
+        .find(|l| l.contains("jason"))
+        .unwrap_or_else(|| panic!("{routes}"));
+    for want in ["web", "uri=/api*", "end-user=jason", "subset v1"] {
+        assert!(jason.contains(want), "{want}: {routes}");
+    }
+    let clusters = pc(&["clusters", "-n", "shop", "deploy/loadgen"]);
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.contains("web") && l.contains("v1(1)")),
+        "{clusters}"
+    );
+    let endpoints = pc(&["endpoints", "-n", "shop", "deploy/loadgen"]);
+    assert!(
+        endpoints
+            .lines()
+            .any(|l| l.contains(":9080") && l.contains("HEALTHY") && l.contains("web")),
+        "{endpoints}"
+    );
+    let listeners = pc(&["listeners", "-n", "shop", "web-0"]);
+    for want in [
+        "0.0.0.0:15001/tcp",
+        "0.0.0.0:15008/tcp",
+        "0.0.0.0:15020/tcp",
+        "0.0.0.0:15021/tcp",
+        "127.0.0.1:15000/tcp",
+    ] {
+        assert!(listeners.contains(want), "{want}: {listeners}");
+    }
+    let secrets = pc(&["secrets", "-n", "shop", "web-0"]);
+    assert!(
+        secrets.contains("spiffe://cluster.local/ns/shop/sa/web") && !secrets.contains("EXPIRED"),
+        "{secrets}"
+    );
+    // An ambient pod: its node proxy's view.
+    let workloads = pc(&["workloads", "-n", "tcp", "deploy/echo"]);
+    assert!(
+        workloads
+            .lines()
+            .any(|l| l.starts_with("echo-0") && l.contains("HBONE")),
+        "{workloads}"
+    );
+    let json = pc(&["workloads", "-n", "tcp", "deploy/echo", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{json}");
+
+    // The box's config is sound; a VirtualService to a host that does not exist is not.
+    let out = spar(state, &["analyze", "--box"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bad = state.join("bad-vs.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: shop}
+spec:
+  hosts: [broken.example.com]
+  http: [{route: [{destination: {host: reviewz}}]}]
+",
+    )
+    .expect("write");
+    let out = spar(state, &["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The control plane takes the change in after its debounce.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = spar(state, &["analyze", "--box"]);
+        if out.status.code() == Some(79) || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(out.status.code(), Some(79), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "Error [IST0101] (VirtualService shop/broken) Referenced host not found: \"reviewz\""
+        ),
+        "{}",
+        text(&out)
+    );
 }

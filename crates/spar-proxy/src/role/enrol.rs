@@ -15,6 +15,8 @@ use crate::snapshot::WorkloadInfo;
 struct Enrolled {
     pod: Arc<Pod>,
     tasks: Vec<JoinHandle<()>>,
+    /// Listeners in the pod: (port, what it serves), for the config dump.
+    listeners: Vec<(String, &'static str)>,
 }
 
 /// Run a proxy role: xDS, then enrol and release pods as the config says, forever. With
@@ -69,6 +71,10 @@ pub async fn run<R: Role>(role: Arc<R>, admin: Option<Arc<Admin>>) {
             .iter()
             .map(|(k, v)| (k.clone(), v.pod.net.name()))
             .collect();
+        *proxy.listeners.lock().unwrap_or_else(|e| e.into_inner()) = enrolled
+            .iter()
+            .map(|(k, v)| (k.clone(), v.listeners.clone()))
+            .collect();
         if changes.changed().await.is_err() {
             return;
         }
@@ -102,8 +108,23 @@ async fn enrol<R: Role>(
         net,
     });
     let mut tasks = role.clone().start(pod.clone(), listeners);
+    let mut open = vec![
+        ("0.0.0.0:15001/tcp".to_string(), "outbound (captured)"),
+        (
+            "0.0.0.0:15006/tcp".to_string(),
+            "inbound plaintext (captured)",
+        ),
+        ("0.0.0.0:15008/tcp".to_string(), "inbound HBONE (mTLS)"),
+        ("0.0.0.0:15053/udp".to_string(), "DNS proxy"),
+    ];
     if let (Some(admin), true) = (admin, role.pod_ports()) {
-        tasks.extend(crate::admin::open_pod_ports(admin, &pod).await);
+        let (served, ports) = crate::admin::open_pod_ports(admin, &pod).await;
+        tasks.extend(served);
+        open.extend(ports);
     }
-    Ok(Enrolled { pod, tasks })
+    Ok(Enrolled {
+        pod,
+        tasks,
+        listeners: open,
+    })
 }

@@ -19,6 +19,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// (service port, target port) pairs; a target port of 0 means "the service port".
+    pub fn ports(&self) -> &[(u16, u16)] {
+        &self.ports
+    }
+
     /// The port this endpoint serves `service_port` on, or None when it does not serve it.
     pub fn target_port(&self, service_port: u16) -> Option<u16> {
         self.ports
