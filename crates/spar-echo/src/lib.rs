@@ -6,6 +6,7 @@ pub use http::Method;
 pub mod client;
 pub mod ext_authz;
 pub mod grpc;
+pub mod otlp;
 pub mod server;
 pub mod tcp;
 pub mod ws;

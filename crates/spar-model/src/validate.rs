@@ -264,11 +264,7 @@ impl Checker {
                 "spec.rules[*].filters[*].extensionRef",
                 "spec.rules[*].filters[*].cors",
             ],
-            Kind::Telemetry => &[
-                "spec.tracing[*].customTags",
-                "spec.accessLogging[*].filter",
-                "spec.metrics[*].overrides",
-            ],
+            Kind::Telemetry => &["spec.accessLogging[*].filter", "spec.metrics[*].overrides"],
             Kind::Deployment => &[
                 "spec.strategy",
                 "spec.minReadySeconds",

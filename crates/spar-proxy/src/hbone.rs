@@ -117,6 +117,8 @@ pub struct Connect<'a> {
     pub addr: SocketAddr,
     pub target: SocketAddr,
     pub src_addr: SocketAddr,
+    /// W3C `traceparent` of the CONNECT: the connection's id in both proxies' logs.
+    pub traceparent: &'a str,
 }
 
 impl Pool {
@@ -169,7 +171,7 @@ impl Pool {
             .method(Method::CONNECT)
             .uri(c.target.to_string())
             .header("forwarded", format!("for=\"{}\"", c.src_addr))
-            .header("traceparent", traceparent())
+            .header("traceparent", c.traceparent)
             .header("baggage", "")
             .body(())
             .map_err(|e| up(e.to_string()))?;
@@ -260,10 +262,18 @@ async fn dial(
 }
 
 /// A fresh W3C trace context for each tunnel.
-fn traceparent() -> String {
+/// A new connection id as a W3C `traceparent` (a random trace and span).
+pub fn traceparent() -> String {
     let trace: u128 = rand::random();
     let span: u64 = rand::random();
     format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// The trace id of a CONNECT's `traceparent`, when well-formed: the connection's id.
+pub fn trace_id(h: &http::HeaderMap) -> Option<String> {
+    let tp = h.get("traceparent")?.to_str().ok()?;
+    let id = tp.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
 }
 
 /// The server side's answer for a request that is not a well-formed CONNECT.

@@ -28,6 +28,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 pub mod waypoint;
 
@@ -67,6 +68,10 @@ pub struct Engine {
     pub stats: Stats,
     pub metrics: HttpMetrics,
     pub log_format: LogFormat,
+    /// Span exporters (Telemetry `tracing`).
+    pub tracer: trace::export::Tracer,
+    /// Pools to addresses outside any service (a collector given by IP), by protocol.
+    direct: Mutex<HashMap<bool, Arc<Cluster>>>,
 }
 
 impl Engine {
@@ -99,5 +104,22 @@ impl Engine {
         });
         clusters.insert(key, cl.clone());
         cl
+    }
+
+    /// A pool for destinations that are no service (default policy).
+    pub fn direct_cluster(&self, h2: bool) -> Arc<Cluster> {
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        direct
+            .entry(h2)
+            .or_insert_with(|| {
+                let policy = Policy::default();
+                Arc::new(Cluster {
+                    pool: ConnPool::new(h2, None),
+                    breaker: Breaker::new(&policy.limits, h2),
+                    rr: AtomicUsize::new(0),
+                    policy,
+                })
+            })
+            .clone()
     }
 }

@@ -180,7 +180,30 @@ fn prometheus_scrapes_istios_ports_and_names() {
     let logs = text(&spar(state, &["logs", "-n", "tcp", "deploy/tcp-client"]));
     assert!(logs.contains("hello v1 world"), "{logs}");
 
+    connection_ids_match_across_node_proxies(state);
     proxy_config_and_analyze(state);
+}
+
+/// A node proxy puts its connection id in the HBONE CONNECT's `traceparent` and its log;
+/// the destination's node proxy logs the same id (tcp-client on node-2 -> echo on node-1).
+fn connection_ids_match_across_node_proxies(state: &std::path::Path) {
+    let ids = |node: &str, dir: &str| -> Vec<String> {
+        std::fs::read_to_string(state.join(format!("logs/proxy-{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("{dir} src=")) && l.contains(":9000"))
+            .filter_map(|l| l.split("trace_id=").nth(1))
+            .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
+            .filter(|t| t.len() == 32)
+            .collect()
+    };
+    let out = ids("node-2", "outbound");
+    let inb = ids("node-1", "inbound");
+    assert!(!out.is_empty(), "outbound connections carry an id");
+    assert!(
+        out.iter().any(|t| inb.contains(t)),
+        "the destination logs the source's connection id: {out:?} vs {inb:?}"
+    );
 }
 
 /// `spar proxy-config` tables from a sidecar and a node proxy, and `spar analyze --box`.

@@ -1,4 +1,5 @@
-//! Istio's Telemetry API -> what one sidecar records beyond metrics: access logging.
+//! Istio's Telemetry API -> what one sidecar records beyond metrics: access logging and
+//! tracing (spans to a MeshConfig `opentelemetry` or `zipkin` extension provider).
 //!
 //! Istio's hierarchy: a Telemetry in the root namespace without a selector is the mesh's
 //! default, one in the pod's namespace without a selector overrides it for that namespace, and
@@ -7,7 +8,8 @@
 //! nothing is logged, as in Istio's default profile. Where several resources sit at one level,
 //! Istio takes the oldest; the registry has no creation times, so the first by name decides.
 
-use spar_model::istio::telemetry::{AccessLogging, Telemetry};
+use spar_model::istio::mesh::MeshConfig;
+use spar_model::istio::telemetry::{AccessLogging, Telemetry, Tracing};
 use spar_model::{Spec, labels_match};
 use spar_xds::l7 as xl7;
 
@@ -42,16 +44,106 @@ pub fn for_pod(reg: &Registry, pod: &Pod<'_>) -> xl7::Telemetry {
                 .is_some_and(|s| labels_match(&s.match_labels, pod.labels))
     });
     let mut out = xl7::Telemetry::default();
+    let mut tracing: Option<&Tracing> = None;
     for (ns, name, t) in [root_level, ns_level, workload_level].into_iter().flatten() {
-        if t.access_logging.is_empty() {
+        if t.access_logging.is_empty() && t.tracing.is_empty() {
             continue;
         }
         out.sources.push(format!("{ns}/{name}"));
         for entry in &t.access_logging {
             apply(&mut out, entry);
         }
+        // The most specific level that says anything about tracing decides it whole.
+        if let Some(first) = t.tracing.first() {
+            tracing = Some(first);
+        }
+    }
+    if let Some(t) = tracing {
+        out.tracing = tracing_for(&crate::translate::security::mesh_config(reg), t);
     }
     out
+}
+
+/// A Telemetry `tracing` entry with its provider resolved; `None` when it turns reporting
+/// off or names no provider the mesh config defines (then no spans, as in Istio).
+pub fn tracing_for(mesh: &MeshConfig, t: &Tracing) -> Option<xl7::Tracing> {
+    if t.disable_span_reporting == Some(true) {
+        return None;
+    }
+    let names: Vec<String> = if t.providers.is_empty() {
+        mesh.default_tracing_providers()
+    } else {
+        t.providers.iter().map(|p| p.name.clone()).collect()
+    };
+    // Istio reports to one provider: the first it can use.
+    let (name, kind, spec) = names.iter().find_map(|n| {
+        let p = mesh.extension_providers.iter().find(|p| &p.name == n)?;
+        p.kinds
+            .iter()
+            .find(|(k, _)| spar_model::istio::mesh::TRACING_KINDS.contains(&k.as_str()))
+            .map(|(k, v)| (n.clone(), k.clone(), v.clone()))
+    })?;
+    let service = spec.get("service")?.as_str()?.to_string();
+    let port = match spec.get("port")? {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    let http = spec.get("http");
+    let (protocol, path) = match (kind.as_str(), http) {
+        ("zipkin", _) => (
+            "zipkin",
+            spec.get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or("/api/v2/spans"),
+        ),
+        (_, Some(h)) => (
+            "otlp_http",
+            h.get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or("/v1/traces"),
+        ),
+        _ => ("otlp_grpc", ""),
+    };
+    let (client, server) = match t.matches.as_ref().and_then(|m| m.mode.as_deref()) {
+        Some("CLIENT") => (true, false),
+        Some("SERVER") => (false, true),
+        _ => (true, true),
+    };
+    let custom_tags = t
+        .custom_tags
+        .iter()
+        .map(|(tag, c)| {
+            let mut out = xl7::CustomTag {
+                tag: tag.clone(),
+                ..Default::default()
+            };
+            if let Some(l) = &c.literal {
+                out.literal = l.value.clone();
+            } else if let Some(h) = &c.header {
+                out.header = h.name.clone();
+                out.default_value = h.default_value.clone().unwrap_or_default();
+            } else if let Some(e) = &c.environment {
+                out.environment = e.name.clone();
+                out.default_value = e.default_value.clone().unwrap_or_default();
+            }
+            out
+        })
+        .collect();
+    Some(xl7::Tracing {
+        provider: name,
+        protocol: protocol.into(),
+        service,
+        port: u32::try_from(port).ok()?,
+        path: path.into(),
+        sampling_percent: t
+            .random_sampling_percentage
+            .unwrap_or_else(|| mesh.default_sampling())
+            .clamp(0.0, 100.0),
+        client,
+        server,
+        custom_tags,
+    })
 }
 
 fn apply(out: &mut xl7::Telemetry, entry: &AccessLogging) {
@@ -219,5 +311,93 @@ mod tests {
         for (name, yaml, want) in cases {
             assert_eq!(modes(&yaml), want, "{name}");
         }
+    }
+
+    fn tracing(mesh: &str, tracing: &str) -> Option<xl7::Tracing> {
+        let m = MeshConfig::parse(mesh).expect("mesh config");
+        let l = spar_model::load_str(
+            "t",
+            &tel(
+                "istio-system",
+                "mesh-default",
+                &format!("{{tracing: [{tracing}]}}"),
+            ),
+        );
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        let Spec::Telemetry(t) = &l.resources[0].0.spec else {
+            panic!("a Telemetry")
+        };
+        tracing_for(&m, &t.tracing[0])
+    }
+
+    #[test]
+    fn tracing_resolves_providers_sampling_modes_and_tags() {
+        let mesh = "extensionProviders:
+- {name: otel, opentelemetry: {service: otel.istio-system.svc.cluster.local, port: 4317}}
+- {name: otel-http, opentelemetry: {service: c.ns.svc.cluster.local, port: 4318, http: {path: /v1/t}}}
+- {name: zip, zipkin: {service: zipkin.ns, port: \"9411\"}}
+- {name: authz, envoyExtAuthzHttp: {service: a, port: 1}}
+defaultProviders: {tracing: [zip]}
+defaultConfig: {tracing: {sampling: 5}}
+";
+        let t = tracing(
+            mesh,
+            "{providers: [{name: otel}], randomSamplingPercentage: 25}",
+        )
+        .expect("tracing");
+        assert_eq!(
+            (
+                t.protocol.as_str(),
+                t.service.as_str(),
+                t.port,
+                t.sampling_percent
+            ),
+            (
+                "otlp_grpc",
+                "otel.istio-system.svc.cluster.local",
+                4317,
+                25.0
+            )
+        );
+        assert!(t.client && t.server);
+        let t = tracing(
+            mesh,
+            "{providers: [{name: otel-http}], match: {mode: SERVER}}",
+        )
+        .expect("tracing");
+        assert_eq!(
+            (t.protocol.as_str(), t.path.as_str()),
+            ("otlp_http", "/v1/t")
+        );
+        assert_eq!(t.sampling_percent, 5.0, "defaultConfig.tracing.sampling");
+        assert!(!t.client && t.server);
+        // No providers: MeshConfig's defaultProviders.
+        let t = tracing(mesh, "{customTags: {team: {literal: {value: a}}, user: {header: {name: end-user, defaultValue: anon}}}}")
+            .expect("tracing");
+        assert_eq!(
+            (t.protocol.as_str(), t.port, t.path.as_str()),
+            ("zipkin", 9411, "/api/v2/spans")
+        );
+        assert_eq!(t.custom_tags.len(), 2);
+        assert_eq!(t.custom_tags[1].header, "end-user");
+        assert_eq!(t.custom_tags[1].default_value, "anon");
+        // Off, unknown, or not a tracing provider: no spans.
+        assert_eq!(
+            tracing(
+                mesh,
+                "{providers: [{name: otel}], disableSpanReporting: true}"
+            ),
+            None
+        );
+        assert_eq!(tracing(mesh, "{providers: [{name: nope}]}"), None);
+        assert_eq!(tracing(mesh, "{providers: [{name: authz}]}"), None);
+        assert_eq!(tracing("", "{}"), None, "no default provider, no spans");
+        // Istio's default sampling without MeshConfig's is 1%.
+        let t = tracing(
+            "extensionProviders: [{name: o, opentelemetry: {service: x, port: 1}}]",
+            "{providers: [{name: o}]}",
+        )
+        .expect("tracing");
+        assert_eq!(t.sampling_percent, 1.0);
     }
 }

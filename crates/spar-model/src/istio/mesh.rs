@@ -26,9 +26,12 @@ pub struct ExtensionProvider {
     pub kinds: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Provider kinds Spar acts on; the others (tracing, logging, metrics) come with the
-/// observability work and are warned about meanwhile.
+/// Provider kinds Spar acts on; the others (logging, metrics) are warned about.
 pub const AUTHZ_KINDS: [&str; 2] = ["envoyExtAuthzHttp", "envoyExtAuthzGrpc"];
+/// Tracing providers: OTLP (gRPC, or HTTP with `http`) and Zipkin.
+pub const TRACING_KINDS: [&str; 2] = ["opentelemetry", "zipkin"];
+/// MeshConfig fields Spar reads besides `extensionProviders`.
+pub const READ_FIELDS: [&str; 2] = ["defaultProviders", "defaultConfig"];
 
 impl MeshConfig {
     pub fn parse(text: &str) -> Result<MeshConfig, String> {
@@ -44,6 +47,31 @@ impl MeshConfig {
             let path = e.path().to_string();
             format!("{path}: {}", e.into_inner())
         })
+    }
+
+    /// `defaultProviders.tracing`: the providers a Telemetry `tracing` entry naming none uses.
+    pub fn default_tracing_providers(&self) -> Vec<String> {
+        self.other
+            .get("defaultProviders")
+            .and_then(|d| d.get("tracing"))
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `defaultConfig.tracing.sampling`: the percentage sampled when a Telemetry sets none
+    /// (Istio's default is 1%).
+    pub fn default_sampling(&self) -> f64 {
+        self.other
+            .get("defaultConfig")
+            .and_then(|d| d.get("tracing"))
+            .and_then(|t| t.get("sampling"))
+            .and_then(|s| s.as_f64())
+            .unwrap_or(1.0)
     }
 
     /// A provider by name, as JSON (what the proxies compile).

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::meta::{PolicyTargetReference, Unsupported, WorkloadSelector, model};
+use crate::meta::{PolicyTargetReference, WorkloadSelector, model};
 
 model! {
     pub struct Telemetry {
@@ -28,8 +28,30 @@ model! {
         pub providers: Vec<ProviderRef>,
         pub random_sampling_percentage: Option<f64>,
         pub disable_span_reporting: Option<bool>,
-        pub custom_tags: Unsupported,
+        pub custom_tags: BTreeMap<String, CustomTag>,
         pub enable_istio_tags: Option<bool>,
+    }
+}
+
+model! {
+    /// One span tag: a literal, a request header or an environment variable of the proxy.
+    pub struct CustomTag {
+        pub literal: Option<LiteralTag>,
+        pub environment: Option<ValueFrom>,
+        pub header: Option<ValueFrom>,
+    }
+}
+
+model! {
+    pub struct LiteralTag {
+        pub value: String,
+    }
+}
+
+model! {
+    pub struct ValueFrom {
+        pub name: String,
+        pub default_value: Option<String>,
     }
 }
 

@@ -185,12 +185,16 @@ impl Checker {
     /// Istio's mesh config: the extension providers Spar uses are checked; the rest is
     /// reported as not acted on.
     pub(super) fn mesh_config(&mut self, text: &str) {
-        use crate::istio::mesh::{AUTHZ_KINDS, MeshConfig};
+        use crate::istio::mesh::{AUTHZ_KINDS, MeshConfig, READ_FIELDS, TRACING_KINDS};
         let m = match MeshConfig::parse(text) {
             Ok(m) => m,
             Err(e) => return self.err("data.mesh", format!("not a MeshConfig: {e}")),
         };
-        for k in m.other.keys() {
+        for k in m
+            .other
+            .keys()
+            .filter(|k| !READ_FIELDS.contains(&k.as_str()))
+        {
             self.warn(
                 format!("data.mesh.{k}"),
                 "not acted on by spar yet; ignored",
@@ -210,7 +214,7 @@ impl Checker {
                 continue;
             }
             let kind = kinds[0].as_str();
-            if !AUTHZ_KINDS.contains(&kind) {
+            if !AUTHZ_KINDS.contains(&kind) && !TRACING_KINDS.contains(&kind) {
                 self.warn(
                     format!("{at}.{kind}"),
                     "provider kind not acted on by spar yet; ignored",

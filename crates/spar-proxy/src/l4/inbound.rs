@@ -189,7 +189,8 @@ async fn stream<R: Deliver>(
     let plan = plan_inbound(&snap, &pod.current(&snap), &arrival);
     drop(snap);
     match plan {
-        Ok(conn) => {
+        Ok(mut conn) => {
+            conn.trace_id = hbone::trace_id(req.headers());
             let recv = req.into_body();
             role.deliver(pod, conn, Arrived::Tunnel { respond, recv })
                 .await
@@ -207,11 +208,12 @@ async fn stream<R: Deliver>(
 pub async fn to_app(proxy: &Proxy, pod: &Pod, conn: Admitted, io: Arrived) {
     let via = if conn.mtls { "hbone" } else { "plaintext" };
     let log = format!(
-        "inbound src={} dst={} via={via} src_id={} dst_id={}",
+        "inbound src={} dst={} via={via} src_id={} dst_id={} trace_id={}",
         conn.peer,
         conn.target,
         conn.peer_identity.as_deref().unwrap_or("-"),
-        pod.identity
+        pod.identity,
+        conn.trace_id.as_deref().unwrap_or("-")
     );
     let app = match connect_app(pod, conn.target, conn.peer.ip()).await {
         Ok(a) => a,

@@ -48,7 +48,8 @@ pub async fn forward(
 ) {
     let mut last_err = String::from("no endpoint");
     for up in &plan.candidates {
-        match connect(proxy, pod, up, peer).await {
+        let tp = crate::hbone::traceparent();
+        match connect_traced(proxy, pod, up, peer, &tp).await {
             Ok(io) => {
                 let l = labels(
                     "source",
@@ -58,9 +59,11 @@ pub async fn forward(
                     up.mtls(),
                 );
                 let via = match up {
-                    Upstream::Hbone { addr, identity, .. } => {
-                        format!("hbone:{addr} src_id={} dst_id={identity}", pod.identity)
-                    }
+                    Upstream::Hbone { addr, identity, .. } => format!(
+                        "hbone:{addr} src_id={} dst_id={identity} trace_id={}",
+                        pod.identity,
+                        tp.get(3..35).unwrap_or("-")
+                    ),
                     Upstream::Direct { .. } => format!("plaintext src_id={}", pod.identity),
                 };
                 let log = format!(
@@ -90,6 +93,18 @@ pub async fn connect(
     up: &Upstream,
     src: SocketAddr,
 ) -> Result<UpstreamIo, Error> {
+    connect_traced(proxy, pod, up, src, &crate::hbone::traceparent()).await
+}
+
+/// `connect`, with the HBONE CONNECT's `traceparent` (the connection's id in the logs of
+/// both node proxies) given.
+pub async fn connect_traced(
+    proxy: &Proxy,
+    pod: &Pod,
+    up: &Upstream,
+    src: SocketAddr,
+    traceparent: &str,
+) -> Result<UpstreamIo, Error> {
     match up {
         Upstream::Hbone {
             addr,
@@ -104,6 +119,7 @@ pub async fn connect(
                 addr: *addr,
                 target: *target,
                 src_addr: src,
+                traceparent,
             };
             let (io, guard) = proxy.pool.connect(&proxy.certs, &proxy.roots, c).await?;
             Ok(UpstreamIo::Tunnel(io, guard))

@@ -240,6 +240,8 @@ pub struct Admitted {
     /// The destination's Service when the target port is declared HTTP: decided here, with
     /// the policy check, so the request path and the authorization never disagree.
     pub http_service: Option<ServiceKey>,
+    /// The trace id of the HBONE CONNECT (the client node proxy's connection id), for logs.
+    pub trace_id: Option<String>,
 }
 
 /// Why an inbound connection is refused, with the HBONE status that says so.
@@ -334,6 +336,7 @@ pub fn plan_inbound(
         source: snap.by_ip.get(&a.peer.ip()).cloned(),
         mtls: a.peer_identity.is_some(),
         http_service,
+        trace_id: None,
     })
 }
 

@@ -7,8 +7,11 @@
 //! 2. authorize  RequestAuthentication, CUSTOM, DENY, ALLOW (`authorize`): 401 / 403 here
 //! 3. app        x-forwarded-client-cert from the verified identity; the request on this
 //!               downstream connection's application connection
-//! 4. telemetry  metrics and the access log line when the response body is done
+//! 4. telemetry  metrics, the access log line and the span when the response body is done
 //! ```
+//!
+//! Tracing (when configured): the server span is the caller's span's child, and its context
+//! goes to the application, whose own calls then descend from it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +29,7 @@ use super::authorize::{Context, authorize};
 use super::body::{Body, BoxError, counted, full_body};
 use super::headers::strip_hop_by_hop;
 use super::telemetry::{AccessLog, HttpLabels, Peers, is_grpc};
+use super::trace::{self, Kind, Pending};
 use crate::l4::inbound::{InboundIo, connect_app};
 use crate::l4::plan::Admitted;
 use crate::proxy::{Pod, Proxy};
@@ -170,6 +174,18 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         log.attempts = 1;
     }
     let grpc = is_grpc(req.headers());
+    let span = Pending::start(
+        snap.telemetry.tracing.as_ref(),
+        Kind::Server,
+        req.headers(),
+        req.method(),
+        &format!("{}:{}", service.hostname(), conn.target.port()),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        None,
+    );
     // 1. The head.
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let received = req
@@ -194,6 +210,9 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         }
         Ok(added) => {
             // 3. The application. The caller as this proxy verified it, never as it claimed.
+            if let Some(s) = &span {
+                trace::inject(&mut parts.headers, &s.cx);
+            }
             parts.headers.remove("x-forwarded-client-cert");
             if let Some(id) = &conn.peer_identity
                 && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={id}", ib.pod.identity))
@@ -250,6 +269,32 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         log.upstream_service_time_ms = Some(started.elapsed().as_millis() as u64);
     }
     let engine = ib.engine.clone();
+    let status = resp.status().as_u16();
+    let traced = span.filter(|s| s.cx.sampled).map(|s| {
+        let v = |x: String| trace::Value::Str(x);
+        let more = vec![
+            (
+                "upstream_cluster".to_string(),
+                v(format!(
+                    "inbound|{}||{}",
+                    conn.target.port(),
+                    service.hostname()
+                )),
+            ),
+            ("peer.address".into(), v(conn.peer.ip().to_string())),
+            ("request_size".into(), trace::Value::Int(received as i64)),
+        ];
+        let service = format!(
+            "{}.{}",
+            ib.pod.workload.canonical_name, ib.pod.workload.namespace
+        );
+        let reach = trace::export::Reach {
+            engine: ib.engine.clone(),
+            proxy: ib.proxy.clone(),
+            pod: ib.pod.clone(),
+        };
+        (s, more, service, reach)
+    });
     counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.bytes_received = received;
@@ -257,6 +302,12 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         engine.metrics.record(&labels, ms, received, sent);
         if access_log {
             log.emit(engine.log_format);
+        }
+        if let Some((s, mut more, service, reach)) = traced {
+            more.push(("response_size".into(), trace::Value::Int(sent as i64)));
+            if let Some((cfg, span)) = s.finish(status, flags, more, service) {
+                engine.tracer.report(&cfg, &reach, span);
+            }
         }
     })
 }

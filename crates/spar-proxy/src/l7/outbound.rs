@@ -12,8 +12,11 @@
 //!  8. timeout    the route's timeout over every attempt
 //!  9. attempts   breaker -> pick -> per-try timeout -> should_retry      [attempt.rs]
 //! 10. response   header ops; the breaker slot is held until the body ends
-//! 11. telemetry  metrics and the access log line when the body is done
+//! 11. telemetry  metrics, the access log line and the span when the body is done
 //! ```
+//!
+//! Tracing (when configured) starts with the request: the span's context goes upstream in
+//! the head (step 5), the span itself is reported with the telemetry.
 //!
 //! Any error ends the request in `respond::error`; the report carries its flag.
 
@@ -33,6 +36,7 @@ use super::facts::RequestFacts;
 use super::headers::{apply_ops, strip_hop_by_hop, wants_upgrade};
 use super::plan::{Forward, RequestPlan, Step, plan_request};
 use super::telemetry::{AccessLog, HttpLabels, Peers, Report, is_grpc};
+use super::trace::{self, Kind, Pending};
 use super::{mirror, respond};
 use crate::Error;
 use crate::snapshot::Snapshot;
@@ -75,15 +79,32 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>) -> Response<Bod
         }
     };
     let grpc = is_grpc(req.headers());
+    let span = Pending::start(
+        snap.telemetry.tracing.as_ref(),
+        if ds.reporter == "waypoint" {
+            Kind::Server
+        } else {
+            Kind::Client
+        },
+        req.headers(),
+        req.method(),
+        &format!("{}:{}", ds.service.hostname(), ds.dst.port()),
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        Some(&log.request_id),
+    );
     let mut report = Report::default();
-    let resp = match forward(&ds, &snap, req, &log.request_id, &mut report).await {
+    let cx = span.as_ref().map(|s| &s.cx);
+    let resp = match forward(&ds, &snap, req, &log.request_id, &mut report, cx).await {
         Ok(r) => r,
         Err(e) => {
             report.flags = flag(&e, report.attempts);
             respond::error(&e)
         }
     };
-    finish(&ds, &snap, resp, report, log, grpc, started)
+    finish(&ds, &snap, resp, report, log, grpc, started, span)
 }
 
 /// An error's flag; Envoy reports an upstream failure after retries as `URX` (but the
@@ -102,6 +123,7 @@ async fn forward(
     mut req: Request<Incoming>,
     request_id: &str,
     report: &mut Report,
+    trace: Option<&trace::Context>,
 ) -> Result<Response<Body>, Error> {
     // 1-2. Facts, then the plan.
     let plan = {
@@ -137,7 +159,10 @@ async fn forward(
     }
     // 5. The upstream head.
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
-    let head = upstream_head(req.headers(), &fwd, route, request_id, upgrade);
+    let mut head = upstream_head(req.headers(), &fwd, route, request_id, upgrade);
+    if let Some(cx) = trace {
+        trace::inject(&mut head, cx);
+    }
     // 6. The body.
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
@@ -196,7 +221,8 @@ fn upstream_head(
     head
 }
 
-/// 11. Metrics and the access log line, when the response body is done.
+/// 11. Metrics, the access log line and the span, when the response body is done.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     ds: &Downstream,
     snap: &Snapshot,
@@ -205,6 +231,7 @@ fn finish(
     mut log: AccessLog,
     grpc: bool,
     started: Instant,
+    span: Option<Pending>,
 ) -> Response<Body> {
     let service = report.cluster.clone().unwrap_or_else(|| ds.service.clone());
     let dst = report.upstream.as_ref().and_then(|u| u.workload());
@@ -240,6 +267,39 @@ fn finish(
             .unwrap_or_else(|| "-".into());
     }
     let engine = ds.engine.clone();
+    let status = resp.status().as_u16();
+    let flags = report.flags;
+    let traced = span.filter(|s| s.cx.sampled).map(|s| {
+        let v = |x: String| trace::Value::Str(x);
+        let mut more = vec![
+            (
+                "upstream_cluster".to_string(),
+                v(format!(
+                    "outbound|{}||{}",
+                    ds.dst.port(),
+                    service.hostname()
+                )),
+            ),
+            ("peer.address".into(), v(ds.peer.ip().to_string())),
+            (
+                "request_size".into(),
+                trace::Value::Int(report.bytes_received as i64),
+            ),
+        ];
+        if let Some(u) = &report.upstream {
+            more.push(("upstream_address".into(), v(u.target().to_string())));
+        }
+        (
+            s,
+            more,
+            span_service(ds),
+            trace::export::Reach {
+                engine: ds.engine.clone(),
+                proxy: ds.proxy.clone(),
+                pod: ds.pod.clone(),
+            },
+        )
+    });
     counted(resp, started, move |ms, sent| {
         log.bytes_sent = sent;
         log.duration_ms = ms as u64;
@@ -247,5 +307,19 @@ fn finish(
         if access_log {
             log.emit(engine.log_format);
         }
+        if let Some((s, mut more, service, reach)) = traced {
+            more.push(("response_size".into(), trace::Value::Int(sent as i64)));
+            if let Some((cfg, span)) = s.finish(status, flags, more, service) {
+                engine.tracer.report(&cfg, &reach, span);
+            }
+        }
     })
+}
+
+/// The reporting workload as a span's `service.name`, as Istio names it (`app.namespace`).
+pub fn span_service(ds: &Downstream) -> String {
+    format!(
+        "{}.{}",
+        ds.pod.workload.canonical_name, ds.pod.workload.namespace
+    )
 }

@@ -137,6 +137,7 @@ pub async fn stream(
             Target::Service(s) => Some(s.key.clone()),
             Target::Workload(_) => None,
         },
+        trace_id: hbone::trace_id(req.headers()),
     };
     if http {
         let Target::Service(svc) = dest else { return };

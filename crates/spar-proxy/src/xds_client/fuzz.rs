@@ -127,6 +127,7 @@ fn valid(type_url: &str) -> (String, Vec<u8>) {
                 access_log_client: true,
                 access_log_server: false,
                 sources: vec!["ns/web".into()],
+                tracing: None,
             }
             .encode_to_vec(),
         ),

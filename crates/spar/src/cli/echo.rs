@@ -84,6 +84,14 @@ pub enum EchoCommand {
         #[arg(long)]
         fail_on_error: bool,
     },
+    /// A trace collector: OTLP gRPC on --port, OTLP HTTP and Zipkin on --http-port, and
+    /// `GET /api/spans?trace_id=HEX` there to read what arrived.
+    Otlp {
+        #[arg(long, default_value_t = 4317)]
+        port: u16,
+        #[arg(long, default_value_t = 4318)]
+        http_port: u16,
+    },
     /// An ext_authz server for CUSTOM policies (as Istio's sample): allows requests that
     /// carry `x-ext-authz: allow`, over HTTP and gRPC (`envoy.service.auth.v3.Authorization`).
     ExtAuthz {
@@ -212,6 +220,18 @@ pub fn run(cmd: EchoCommand) -> anyhow::Result<()> {
                     s.requests - ok,
                     s.requests
                 );
+            }
+            EchoCommand::Otlp { port, http_port } => {
+                let store = spar_echo::otlp::Store::default();
+                let bind = |p: u16| async move {
+                    tokio::net::TcpListener::bind(("0.0.0.0", p))
+                        .await
+                        .with_context(|| format!("cannot listen on port {p}"))
+                };
+                let grpc = spar_echo::otlp::serve_grpc(bind(port).await?, store.clone());
+                let http = spar_echo::otlp::serve_http(bind(http_port).await?, store);
+                eprintln!("spar echo otlp: OTLP gRPC on :{port}, OTLP HTTP and Zipkin on :{http_port}");
+                let _ = tokio::join!(grpc, http);
             }
             EchoCommand::Tcp { addr, message } => {
                 print!("{}", tcp::tcp_exchange(&addr, &message).await?)
