@@ -3,6 +3,7 @@
 mod admin_client;
 mod analyze;
 mod control;
+mod dashboard;
 mod echo;
 mod jwt;
 mod mesh;
@@ -68,6 +69,9 @@ enum Command {
     /// Ambient waypoints: deploy one for a namespace (like istioctl waypoint apply).
     #[command(subcommand)]
     Waypoint(waypoint::WaypointCommand),
+    /// A web page for the running box: topology with rates, errors, latency and mTLS;
+    /// proxies, certificates, connections; config problems.
+    Dashboard(dashboard::DashboardArgs),
     /// Find config problems across resources, like istioctl analyze (files, or --box).
     Analyze(analyze::AnalyzeArgs),
     /// What the proxy of a box pod holds: proxy-config
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Logs(args) => mesh::logs(args),
         Command::Label(args) => mesh::label(args),
         Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Analyze(args) => match analyze::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -97,7 +97,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The resources the box's control plane holds now (its `/debug/registry`).
-fn from_box(state_dir: &std::path::Path) -> anyhow::Result<Vec<Resource>> {
+pub(crate) fn from_box(state_dir: &std::path::Path) -> anyhow::Result<Vec<Resource>> {
     let control = spar_box::admin::Control::locate(&state_dir.join("control"))
         .or_else(|| spar_box::admin::Control::locate(state_dir))
         .with_context(|| {
