@@ -279,3 +279,64 @@ async fn tcp_passes_through_the_waypoint_and_l4_policy_applies_there() {
         "{m}"
     );
 }
+
+/// Tracing at the waypoint: a request the caller sampled leaves a span there, a child of
+/// the caller's, exported to the mesh config's OpenTelemetry collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waypoint_reports_a_span_per_request() {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = collector.local_addr().expect("addr").port();
+    let store = spar_echo::otlp::Store::default();
+    let _task = spar_echo::otlp::serve_grpc(collector, store.clone());
+    let mesh = ambient_with_waypoint(&format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel
+      opentelemetry: {{service: \"127.0.0.1\", port: {port}}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing: [{{providers: [{{name: otel}}], randomSamplingPercentage: 0}}]
+"
+    ))
+    .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let tp = format!("00-{trace}-{parent}-01");
+    let r = mesh
+        .get("client", H, 9080, "/", &[("traceparent", tp.as_str())])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let span = loop {
+        if let Some(s) = store.spans().into_iter().find(|s| s.trace_id == trace) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span reached the collector"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(span.kind, "SERVER");
+    assert_eq!(span.parent_span_id, parent, "a child of the caller's span");
+    assert_eq!(span.name, "reviews.mesh.svc.cluster.local:9080/*");
+    assert!(
+        span.attributes["upstream_cluster"].starts_with("outbound|9080||reviews."),
+        "{span:?}"
+    );
+    // The server sees the waypoint's span as its parent.
+    let seen = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(seen.contains(&span.span_id), "{seen} vs {span:?}");
+}
