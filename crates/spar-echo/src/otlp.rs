@@ -191,9 +191,10 @@ pub fn serve_http(listener: TcpListener, store: Store) -> tokio::task::JoinHandl
                     let store = store.clone();
                     async move { Ok::<_, Infallible>(http(req, &store).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Answer clients that half-close after their request (`spar echo tcp`).
+                b.http1().half_close(true);
+                let _ = b.serve_connection(TokioIo::new(s), svc).await;
             });
         }
     })

@@ -181,24 +181,71 @@ fn prometheus_scrapes_istios_ports_and_names() {
     assert!(logs.contains("hello v1 world"), "{logs}");
 
     connection_ids_match_across_node_proxies(state);
+    traces_reach_the_collector(state);
     proxy_config_and_analyze(state);
 }
 
+/// Tracing in the box: the loadgen's request to web leaves a CLIENT span (loadgen's sidecar)
+/// and its SERVER child (web's sidecar) at the OTLP collector, over real processes.
+fn traces_reach_the_collector(state: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::exec(
+            state,
+            "istio-system",
+            "deploy/otel-collector",
+            &[
+                "spar",
+                "echo",
+                "tcp",
+                "127.0.0.1:4318",
+                "--message",
+                "GET /api/spans HTTP/1.0\r\n\r\n",
+            ],
+        );
+        let body = text(&out);
+        let json = body.split("\r\n\r\n").nth(1).unwrap_or("[]");
+        let spans: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+        let linked = spans.iter().any(|server| {
+            server["kind"] == "SERVER"
+                && server["service"] == "web.shop"
+                && spans.iter().any(|client| {
+                    client["kind"] == "CLIENT"
+                        && client["service"] == "loadgen.shop"
+                        && client["trace_id"] == server["trace_id"]
+                        && client["span_id"] == server["parent_span_id"]
+                })
+        });
+        if linked {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no loadgen -> web span pair at the collector: {body}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A node proxy puts its connection id in the HBONE CONNECT's `traceparent` and its log;
-/// the destination's node proxy logs the same id (tcp-client on node-2 -> echo on node-1).
+/// the destination's node proxy logs the same id (tcp-client -> echo, on either node).
 fn connection_ids_match_across_node_proxies(state: &std::path::Path) {
-    let ids = |node: &str, dir: &str| -> Vec<String> {
-        std::fs::read_to_string(state.join(format!("logs/proxy-{node}.log")))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&format!("{dir} src=")) && l.contains(":9000"))
-            .filter_map(|l| l.split("trace_id=").nth(1))
-            .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
-            .filter(|t| t.len() == 32)
+    let ids = |dir: &str| -> Vec<String> {
+        ["node-1", "node-2"]
+            .iter()
+            .flat_map(|node| {
+                std::fs::read_to_string(state.join(format!("logs/proxy-{node}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(&format!("{dir} src=")) && l.contains(":9000"))
+                    .filter_map(|l| l.split("trace_id=").nth(1))
+                    .map(|t| t.split_whitespace().next().unwrap_or("").to_string())
+                    .filter(|t| t.len() == 32)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
-    let out = ids("node-2", "outbound");
-    let inb = ids("node-1", "inbound");
+    let (out, inb) = (ids("outbound"), ids("inbound"));
     assert!(!out.is_empty(), "outbound connections carry an id");
     assert!(
         out.iter().any(|t| inb.contains(t)),
