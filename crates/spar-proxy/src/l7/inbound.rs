@@ -179,7 +179,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         Kind::Server,
         req.headers(),
         req.method(),
-        &format!("{}:{}", service.hostname(), conn.target.port()),
+        (service.hostname(), conn.target.port()),
         req.uri()
             .path_and_query()
             .map(|p| p.as_str())
@@ -211,7 +211,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         Ok(added) => {
             // 3. The application. The caller as this proxy verified it, never as it claimed.
             if let Some(s) = &span {
-                trace::inject(&mut parts.headers, &s.cx);
+                s.inject(&mut parts.headers);
             }
             parts.headers.remove("x-forwarded-client-cert");
             if let Some(id) = &conn.peer_identity
@@ -270,7 +270,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
     }
     let engine = ib.engine.clone();
     let status = resp.status().as_u16();
-    let traced = span.filter(|s| s.cx.sampled).map(|s| {
+    let traced = span.filter(Pending::is_sampled).map(|s| {
         let v = |x: String| trace::Value::Str(x);
         let more = vec![
             (

@@ -88,7 +88,7 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>) -> Response<Bod
         },
         req.headers(),
         req.method(),
-        &format!("{}:{}", ds.service.hostname(), ds.dst.port()),
+        (ds.service.hostname(), ds.dst.port()),
         req.uri()
             .path_and_query()
             .map(|p| p.as_str())
@@ -96,8 +96,7 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>) -> Response<Bod
         Some(&log.request_id),
     );
     let mut report = Report::default();
-    let cx = span.as_ref().map(|s| &s.cx);
-    let resp = match forward(&ds, &snap, req, &log.request_id, &mut report, cx).await {
+    let resp = match forward(&ds, &snap, req, &log.request_id, &mut report, span.as_ref()).await {
         Ok(r) => r,
         Err(e) => {
             report.flags = flag(&e, report.attempts);
@@ -123,7 +122,7 @@ async fn forward(
     mut req: Request<Incoming>,
     request_id: &str,
     report: &mut Report,
-    trace: Option<&trace::Context>,
+    trace: Option<&Pending>,
 ) -> Result<Response<Body>, Error> {
     // 1-2. Facts, then the plan.
     let plan = {
@@ -160,8 +159,8 @@ async fn forward(
     // 5. The upstream head.
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let mut head = upstream_head(req.headers(), &fwd, route, request_id, upgrade);
-    if let Some(cx) = trace {
-        trace::inject(&mut head, cx);
+    if let Some(span) = trace {
+        span.inject(&mut head);
     }
     // 6. The body.
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -269,7 +268,7 @@ fn finish(
     let engine = ds.engine.clone();
     let status = resp.status().as_u16();
     let flags = report.flags;
-    let traced = span.filter(|s| s.cx.sampled).map(|s| {
+    let traced = span.filter(Pending::is_sampled).map(|s| {
         let v = |x: String| trace::Value::Str(x);
         let mut more = vec![
             (

@@ -53,7 +53,18 @@ pub struct Context {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut s = String::with_capacity(2 * b.len());
+    push_hex(&mut s, b);
+    s
+}
+
+/// Lower-case hex of `b` appended to `out` (every request writes a few: no formatting).
+fn push_hex(out: &mut String, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for x in b {
+        out.push(DIGITS[usize::from(x >> 4)] as char);
+        out.push(DIGITS[usize::from(x & 15)] as char);
+    }
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -198,43 +209,60 @@ fn nonzero<const N: usize>(rng: &mut impl Rng) -> [u8; N] {
     }
 }
 
-/// Write `cx` for the next hop: its span is the next hop's parent.
-pub fn inject(h: &mut HeaderMap, cx: &Context) {
-    let (trace, span) = (hex(&cx.trace_id), hex(&cx.span_id));
-    let sampled = if cx.sampled { "1" } else { "0" };
-    let mut set = |name: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
+/// Write `cx` for the next hop: its span is the next hop's parent. W3C always; B3 in the
+/// form the caller used, or multi when the provider is Zipkin (Envoy's Zipkin tracer's).
+pub fn inject(h: &mut HeaderMap, cx: &Context, zipkin: bool) {
+    let mut set = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(name, v);
         }
     };
-    set(
-        "traceparent",
-        format!("00-{trace}-{span}-0{}", u8::from(cx.sampled)),
-    );
+    let mut tp = String::with_capacity(55);
+    tp.push_str("00-");
+    push_hex(&mut tp, &cx.trace_id);
+    tp.push('-');
+    push_hex(&mut tp, &cx.span_id);
+    tp.push_str(if cx.sampled { "-01" } else { "-00" });
+    set("traceparent", &tp);
     if let Some(ts) = &cx.tracestate {
-        set("tracestate", ts.clone());
+        set("tracestate", ts);
     }
+    let sampled = if cx.sampled { "1" } else { "0" };
+    // `tp` is `00-TRACE-SPAN-FF`: the ids are slices of it.
+    let (trace, span) = (&tp[3..35], &tp[36..52]);
     match cx.b3 {
         B3::Single => {
             let mut v = format!("{trace}-{span}-{sampled}");
             if let Some(p) = cx.parent {
-                v.push_str(&format!("-{}", hex(&p)));
+                v.push('-');
+                push_hex(&mut v, &p);
             }
-            set("b3", v);
+            set("b3", &v);
         }
-        B3::Multi | B3::None => {
-            set("x-b3-traceid", trace);
-            set("x-b3-spanid", span);
-            set("x-b3-sampled", sampled.into());
-            match cx.parent {
-                Some(p) => set("x-b3-parentspanid", hex(&p)),
-                None => {
-                    h.remove("x-b3-parentspanid");
-                }
-            }
-            h.remove("x-b3-flags");
+        B3::Multi => b3_multi(h, cx, trace, span, sampled),
+        B3::None if zipkin => b3_multi(h, cx, trace, span, sampled),
+        B3::None => {}
+    }
+}
+
+fn b3_multi(h: &mut HeaderMap, cx: &Context, trace: &str, span: &str, sampled: &'static str) {
+    for (name, v) in [("x-b3-traceid", trace), ("x-b3-spanid", span)] {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
         }
     }
+    h.insert("x-b3-sampled", HeaderValue::from_static(sampled));
+    match cx.parent {
+        Some(p) => {
+            if let Ok(v) = HeaderValue::from_str(&hex(&p)) {
+                h.insert("x-b3-parentspanid", v);
+            }
+        }
+        None => {
+            h.remove("x-b3-parentspanid");
+        }
+    }
+    h.remove("x-b3-flags");
 }
 
 /// Client (the sidecar of the caller) or server (of the callee, and a waypoint).
@@ -278,9 +306,16 @@ impl Span {
 }
 
 /// A request's span while the request runs: its context (propagated whether sampled or
-/// not) and, when sampled, what the span will say.
+/// not) and, only when sampled, what the span will say (an unsampled request allocates
+/// nothing for its span).
 pub struct Pending {
     pub cx: Context,
+    /// Propagate B3 multi when the caller sent no context (the provider is Zipkin).
+    pub zipkin: bool,
+    sampled: Option<Box<Sampled>>,
+}
+
+struct Sampled {
     cfg: spar_xds::l7::Tracing,
     kind: Kind,
     start: SystemTime,
@@ -289,14 +324,15 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// The span of a request with head `h` to `authority` (`host:port`), when `cfg` traces
-    /// this side (`kind`); the caller's context, if any, is its parent.
+    /// The span of a request with head `h` to `host:port`, when `cfg` traces this side
+    /// (`kind`); the caller's context, if any, is its parent.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Option<&spar_xds::l7::Tracing>,
         kind: Kind,
         h: &HeaderMap,
         method: &http::Method,
-        authority: &str,
+        (host, port): (&str, u16),
         path: &str,
         request_id: Option<&str>,
     ) -> Option<Pending> {
@@ -305,28 +341,47 @@ impl Pending {
             Kind::Server => c.server,
         })?;
         let cx = begin(extract(h), cfg.sampling_percent, &mut rand::rng());
-        let mut attributes = Vec::new();
-        if cx.sampled {
-            let s = |v: &str| Value::Str(v.to_string());
-            attributes.push(("http.method".to_string(), s(method.as_str())));
-            attributes.push(("http.url".into(), s(&format!("http://{authority}{path}"))));
-            attributes.push(("component".into(), s("proxy")));
-            if let Some(id) = request_id.or(get(h, "x-request-id")) {
-                attributes.push(("guid:x-request-id".into(), s(id)));
-            }
-            if let Some(ua) = get(h, "user-agent") {
-                attributes.push(("user_agent".into(), s(ua)));
-            }
-            attributes.extend(custom_tags(&cfg.custom_tags, h));
+        let zipkin = cfg.protocol == "zipkin";
+        if !cx.sampled {
+            return Some(Pending {
+                cx,
+                zipkin,
+                sampled: None,
+            });
         }
+        let s = |v: &str| Value::Str(v.to_string());
+        let mut attributes = vec![
+            ("http.method".to_string(), s(method.as_str())),
+            ("http.url".into(), s(&format!("http://{host}:{port}{path}"))),
+            ("component".into(), s("proxy")),
+        ];
+        if let Some(id) = request_id.or(get(h, "x-request-id")) {
+            attributes.push(("guid:x-request-id".into(), s(id)));
+        }
+        if let Some(ua) = get(h, "user-agent") {
+            attributes.push(("user_agent".into(), s(ua)));
+        }
+        attributes.extend(custom_tags(&cfg.custom_tags, h));
         Some(Pending {
             cx,
-            cfg: cfg.clone(),
-            kind,
-            start: SystemTime::now(),
-            name: format!("{authority}/*"),
-            attributes,
+            zipkin,
+            sampled: Some(Box::new(Sampled {
+                cfg: cfg.clone(),
+                kind,
+                start: SystemTime::now(),
+                name: format!("{host}:{port}/*"),
+                attributes,
+            })),
         })
+    }
+
+    /// Write this span's context for the next hop.
+    pub fn inject(&self, h: &mut HeaderMap) {
+        inject(h, &self.cx, self.zipkin);
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.sampled.is_some()
     }
 
     /// The finished span, when sampled: `more` adds what the response told (status,
@@ -338,21 +393,19 @@ impl Pending {
         more: Vec<(String, Value)>,
         service: String,
     ) -> Option<(spar_xds::l7::Tracing, Span)> {
-        if !self.cx.sampled {
-            return None;
-        }
-        let mut attributes = self.attributes;
+        let s = self.sampled?;
+        let mut attributes = s.attributes;
         attributes.push(("http.status_code".into(), Value::Str(status.to_string())));
         attributes.push(("response_flags".into(), Value::Str(flags.to_string())));
         attributes.extend(more);
         Some((
-            self.cfg,
+            s.cfg,
             Span {
                 cx: self.cx,
-                name: self.name,
-                kind: self.kind,
-                duration: self.start.elapsed().unwrap_or_default(),
-                start: self.start,
+                name: s.name,
+                kind: s.kind,
+                duration: s.start.elapsed().unwrap_or_default(),
+                start: s.start,
                 attributes,
                 error: status >= 500 || flags != "-",
                 service,

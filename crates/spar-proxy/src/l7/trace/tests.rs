@@ -122,7 +122,7 @@ fn inject_writes_w3c_and_the_b3_form_the_caller_used() {
     ]));
     let cx = begin(caller, 0.0, &mut rng);
     let mut h = HeaderMap::new();
-    inject(&mut h, &cx);
+    inject(&mut h, &cx, false);
     let span = hex(&cx.span_id);
     assert_eq!(h["traceparent"], format!("00-{T}-{span}-01").as_str());
     assert_eq!(h["tracestate"], "vendor=x");
@@ -137,8 +137,14 @@ fn inject_writes_w3c_and_the_b3_form_the_caller_used() {
 
     let caller = extract(&headers(&[("traceparent", &format!("00-{T}-{S}-00"))]));
     let cx = begin(caller, 100.0, &mut rng);
+    let mut h = HeaderMap::new();
+    inject(&mut h, &cx, false);
+    assert!(
+        !h.contains_key("x-b3-traceid"),
+        "W3C in, W3C out with OpenTelemetry"
+    );
     let mut h = headers(&[("x-b3-flags", "1")]);
-    inject(&mut h, &cx);
+    inject(&mut h, &cx, true);
     assert_eq!(h["x-b3-traceid"], T);
     assert_eq!(h["x-b3-parentspanid"], S);
     assert_eq!(h["x-b3-sampled"], "0");
