@@ -163,6 +163,17 @@ fn dashboard_shows_the_mesh_in_chromium() {
         );
     }
     assert!(dom.contains("mTLS"), "edges say mTLS");
+    for s in [
+        "service:mesh/reviews->mesh/reviews-v2",
+        "service:mesh/ratings->mesh/ratings-v1",
+    ] {
+        let escaped = s.replace('>', "&gt;");
+        assert!(
+            dom.contains(&format!("data-serves=\"{s}\""))
+                || dom.contains(&format!("data-serves=\"{escaped}\"")),
+            "Services are drawn with their workloads: {s}"
+        );
+    }
     assert!(
         dom.contains("spiffe://cluster.local/ns/mesh/sa/client"),
         "the proxies' certificates are listed"

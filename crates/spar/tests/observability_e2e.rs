@@ -163,11 +163,13 @@ fn prometheus_scrapes_istios_ports_and_names() {
             .is_some_and(|p| p.starts_with("ztunnel-node-")),
         "{tcp}"
     );
-    // Every target Prometheus found is up: pods that asked, sidecars, node proxies.
+    // Every target is scraped and up: pods that asked, sidecars, both node proxies (each
+    // target's first scrape comes at its own offset within the 5 s interval).
+    for pod in ["web-0", "loadgen-0", "ztunnel-node-1", "ztunnel-node-2"] {
+        series("up", &[("pod", pod)], within);
+    }
     let down = query("up==0");
     assert!(down.is_empty(), "targets down: {down:#?}");
-    let up = query("up");
-    assert!(up.len() >= 4, "web, loadgen, two node proxies: {up:#?}");
 
     // The echo's request log (`spar logs`) and its TCP banner.
     let logs = text(&spar(state, &["logs", "-n", "shop", "deploy/web"]));
@@ -180,9 +182,47 @@ fn prometheus_scrapes_istios_ports_and_names() {
     let logs = text(&spar(state, &["logs", "-n", "tcp", "deploy/tcp-client"]));
     assert!(logs.contains("hello v1 world"), "{logs}");
 
+    readiness_on_istios_ports(state);
     connection_ids_match_across_node_proxies(state);
     traces_reach_the_collector(state);
     proxy_config_and_analyze(state);
+}
+
+/// Readiness as kubelet probes and load balancers ask for it, from a pod outside the mesh
+/// (Prometheus'): each node proxy's `:15021` on its node's address, a sidecar's `:15021` on
+/// its pod IP (outside capture, as in Istio).
+fn readiness_on_istios_ports(state: &std::path::Path) {
+    let st = common::state_json(state);
+    let mut urls: Vec<String> = st["plan"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            format!(
+                "http://{}:15021/healthz/ready",
+                n["gateway"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let web = st["plan"]["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["name"] == "web-0")
+        .and_then(|p| p["ip"].as_str())
+        .expect("web-0")
+        .to_string();
+    urls.push(format!("http://{web}:15021/healthz/ready"));
+    for url in urls {
+        let out = common::exec(
+            state,
+            "istio-system",
+            "deploy/prometheus",
+            &["spar", "echo", "client", &url, "--count", "1", "--json"],
+        );
+        let s = common::summary(&out);
+        assert_eq!(s["by_status"]["200"], 1, "{url}: {s}");
+    }
 }
 
 /// Tracing in the box: the loadgen's request to web leaves a CLIENT span (loadgen's sidecar)

@@ -144,6 +144,8 @@ async fn api_problems(State(d): State<Dash>) -> Json<Vec<String>> {
 struct Scrape {
     at: Instant,
     nodes: Vec<Node>,
+    /// (Service node, workload node) for each workload a Service selects.
+    serves: Vec<(String, String)>,
     samples: Vec<Sample>,
     proxies: Vec<ProxyView>,
     problems: Vec<String>,
@@ -156,6 +158,7 @@ async fn refresh(dash: &Dash, dir: &Path, prev: Option<Scrape>) -> Scrape {
         .unwrap_or_else(|_| Scrape {
             at: Instant::now(),
             nodes: Vec::new(),
+            serves: Vec::new(),
             samples: Vec::new(),
             proxies: Vec::new(),
             problems: Vec::new(),
@@ -164,7 +167,9 @@ async fn refresh(dash: &Dash, dir: &Path, prev: Option<Scrape>) -> Scrape {
         Some(p) => (&p.samples, now.at.duration_since(p.at).as_secs_f64()),
         None => (&[], 0.0),
     };
-    let g = graph::build(now.nodes.clone(), before, &now.samples, secs);
+    let mut g = graph::build(now.nodes.clone(), before, &now.samples, secs);
+    g.edges
+        .extend(now.serves.iter().map(|(s, w)| graph::Edge::serves(s, w)));
     let mut s = dash.lock().unwrap_or_else(|e| e.into_inner());
     s.graph = g;
     s.proxies = now.proxies.clone();
@@ -177,6 +182,7 @@ fn scrape(dir: &Path) -> Scrape {
     let at = Instant::now();
     let paths = Paths::new(dir);
     let mut nodes = Vec::new();
+    let mut serves = Vec::new();
     if let Ok(state) = BoxState::read(&paths) {
         for p in &state.plan.pods {
             let mode = if p.sidecar {
@@ -203,6 +209,26 @@ fn scrape(dir: &Path) -> Scrape {
                     mode: mode.into(),
                 });
             }
+        }
+        // Services, each linked to the workloads behind its endpoints.
+        for s in &state.plan.services {
+            let id = format!("service:{}/{}", s.namespace, s.name);
+            let mut behind: Vec<String> = s
+                .ports
+                .iter()
+                .flat_map(|p| &p.endpoints)
+                .filter_map(|(ip, _)| state.plan.pods.iter().find(|p| p.ip == *ip))
+                .map(|p| format!("{}/{}", p.namespace, p.deployment))
+                .collect();
+            behind.sort();
+            behind.dedup();
+            nodes.push(Node {
+                id: id.clone(),
+                namespace: s.namespace.clone(),
+                workload: s.name.clone(),
+                mode: "service".into(),
+            });
+            serves.extend(behind.into_iter().map(|w| (id.clone(), w)));
         }
     }
     let mut samples = Vec::new();
@@ -296,6 +322,7 @@ fn scrape(dir: &Path) -> Scrape {
     Scrape {
         at,
         nodes,
+        serves,
         samples,
         proxies,
         problems,

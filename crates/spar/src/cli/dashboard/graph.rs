@@ -85,7 +85,7 @@ pub struct Node {
     pub id: String,
     pub namespace: String,
     pub workload: String,
-    /// sidecar, ambient, none, waypoint, gateway, node-proxy.
+    /// sidecar, ambient, none, waypoint, gateway, service (a Service), unknown.
     pub mode: String,
 }
 
@@ -104,6 +104,24 @@ pub struct Edge {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub mtls: bool,
+}
+
+impl Edge {
+    /// A Service's link to a workload it selects (no traffic of its own: the traffic edges
+    /// go from caller to workload).
+    pub fn serves(service: &str, workload: &str) -> Edge {
+        Edge {
+            source: service.to_string(),
+            target: workload.to_string(),
+            protocol: "service".into(),
+            rate: 0.0,
+            total: 0.0,
+            error_rate: 0.0,
+            p50_ms: None,
+            p99_ms: None,
+            mtls: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
