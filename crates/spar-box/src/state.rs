@@ -66,10 +66,15 @@ impl Paths {
 
     /// Remove what a box leaves in its state directory that a later box must not inherit: the
     /// control plane's state (applied resources, CA and token keys), the tokens minted for its
-    /// proxies and pods, and the proxies' endpoint files. Logs stay for reading after `down`;
+    /// proxies and pods, the proxies' endpoint files and Prometheus' config and targets. Logs stay for reading after `down`;
     /// the next `spar up` starts new ones.
     pub fn clear_box_state(&self) -> std::io::Result<()> {
-        for dir in [self.control(), self.proxies(), self.tokens()] {
+        for dir in [
+            self.control(),
+            self.proxies(),
+            self.tokens(),
+            crate::observability::dir(&self.root),
+        ] {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -149,4 +154,36 @@ impl BoxState {
 /// True when a process with this pid exists.
 pub fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_box_leaves_nothing_a_later_box_would_inherit_but_its_logs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = Paths::new(dir.path());
+        let obs = crate::observability::dir(&p.root);
+        for d in [
+            p.control(),
+            p.proxies(),
+            p.tokens(),
+            obs.join("targets"),
+            p.logs(),
+        ] {
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("f"), "x").expect("write");
+        }
+        std::fs::write(p.state(), "{}").expect("write");
+        p.clear_box_state().expect("clear");
+        for gone in [p.control(), p.proxies(), p.tokens(), obs, p.state()] {
+            assert!(!gone.exists(), "{} outlived its box", gone.display());
+        }
+        assert!(
+            p.logs().join("f").exists(),
+            "logs stay for reading after down"
+        );
+        p.clear_box_state().expect("clearing twice is fine");
+    }
 }
