@@ -152,6 +152,7 @@ async fn client(
             type_url,
             nonce,
             resources,
+            system_version_info,
             ..
         } = resp;
         for r in resources.iter().filter(|r| r.name == probe) {
@@ -173,7 +174,9 @@ async fn client(
             ..Default::default()
         })
         .await?;
-        if first.insert(type_url) && first.len() == types.len() {
+        // A split initial state is whole at its last part.
+        let complete = !system_version_info.ends_with(spar_xds::MORE_FOLLOWS);
+        if complete && first.insert(type_url) && first.len() == types.len() {
             let _ = ready.send((i, Instant::now()));
         }
     }

@@ -1,9 +1,9 @@
 //! Config sources -> registry -> published snapshot. Two sources: the watched config directory
 //! (last good version kept when a change is invalid) and resources applied through the admin
-//! API (persisted). Changes are debounced and published as one new snapshot.
+//! API (persisted). Each source names the keys it changed; changes are debounced and published
+//! as one new snapshot made from those keys alone (applied resources win over files).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,7 @@ use std::time::Duration;
 use spar_model::{Kind, Problem, Resource, ResourceKey};
 use tokio::sync::{Notify, watch};
 
+use crate::dir_files::{DirFiles, Refresh};
 use crate::registry::MeshSettings;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -24,8 +25,10 @@ pub const POLL: Duration = Duration::from_millis(200);
 pub struct ConfigState {
     mesh: MeshSettings,
     dir: Option<PathBuf>,
-    dir_resources: Mutex<Vec<Arc<Resource>>>,
+    dir_files: Mutex<DirFiles>,
     dir_problems: Mutex<Vec<Problem>>,
+    /// Keys changed by either source since the last publication.
+    pending: Mutex<BTreeSet<ResourceKey>>,
     pub store: Store,
     notify: Arc<Notify>,
     pub jwks: Arc<crate::jwks::JwksCache>,
@@ -37,15 +40,16 @@ impl ConfigState {
     pub fn new(
         mesh: MeshSettings,
         dir: Option<PathBuf>,
-        dir_resources: Vec<Resource>,
+        dir_files: DirFiles,
         store: Store,
     ) -> Arc<Self> {
         let notify = Arc::new(Notify::new());
         let state = ConfigState {
             mesh,
             dir,
-            dir_resources: Mutex::new(dir_resources.into_iter().map(Arc::new).collect()),
+            dir_files: Mutex::new(dir_files),
             dir_problems: Mutex::new(Vec::new()),
+            pending: Mutex::new(BTreeSet::new()),
             store,
             jwks: crate::jwks::JwksCache::new(notify.clone()),
             notify,
@@ -74,30 +78,52 @@ impl ConfigState {
         self.notify.notify_one();
     }
 
-    /// Publish the sources as the next snapshot: the registry changes by the resources that
-    /// differ from the last one's, and the snapshot records what changed for the streams.
+    /// Publish the keys changed since the last publication as the next snapshot (the first
+    /// publication takes everything).
     fn publish(&self) {
-        let mut merged: std::collections::BTreeMap<ResourceKey, Arc<Resource>> =
-            lock(&self.dir_resources)
-                .iter()
-                // A Secret in the config directory is the gateways' business, not the mesh's.
-                .filter(|r| r.kind != Kind::Secret)
-                .map(|r| (r.key(), r.clone()))
-                .collect();
-        // Applied resources win over files: `spar apply` is the later, explicit intent.
-        for r in self.store.all() {
-            merged.insert(r.key(), Arc::new(r));
-        }
+        let keys = std::mem::take(&mut *lock(&self.pending));
         let prev = self.current();
+        let delta: Vec<(ResourceKey, Option<Arc<Resource>>)> = if prev.generation == 0 {
+            let dir = lock(&self.dir_files);
+            let mut all: std::collections::BTreeMap<ResourceKey, Arc<Resource>> =
+                dir.all().map(|r| (r.key(), r.clone())).collect();
+            drop(dir);
+            all.extend(self.store.all().into_iter().map(|r| (r.key(), r)));
+            all.into_iter()
+                .filter(|(_, r)| r.kind != Kind::Secret)
+                .map(|(k, r)| (k, Some(r)))
+                .collect()
+        } else {
+            keys.into_iter()
+                .map(|k| {
+                    let r = self.resolve(&k);
+                    (k, r)
+                })
+                .collect()
+        };
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let jwks = &self.jwks;
-        let snap = Snapshot::advance(&prev, generation, &self.mesh, &merged, |reg| {
+        let snap = Snapshot::apply(&prev, generation, &self.mesh, delta, |reg| {
             jwks.track(&crate::translate::security::jwks_uris(reg));
             jwks.snapshot()
         });
-        drop(merged);
         self.tx.send_replace(snap);
         tracing::debug!(generation, "published snapshot");
+    }
+
+    /// What the mesh holds under `k` now: the applied resource, else the directory's. A Secret
+    /// in the config directory is the gateways' business, not the mesh's.
+    fn resolve(&self, k: &ResourceKey) -> Option<Arc<Resource>> {
+        self.store
+            .get(k)
+            .or_else(|| lock(&self.dir_files).get(k).cloned())
+            .filter(|r| r.kind != Kind::Secret)
+    }
+
+    /// Record changed keys and ask for a publication.
+    fn changed_keys(&self, keys: impl IntoIterator<Item = ResourceKey>) {
+        lock(&self.pending).extend(keys);
+        self.changed();
     }
 
     /// Publish after each burst of changes.
@@ -111,38 +137,36 @@ impl ConfigState {
 
     /// Poll the config directory; publish valid changes, keep the last good set otherwise.
     pub async fn run_dir_watch(self: Arc<Self>) {
-        let Some(dir) = self.dir.clone() else { return };
-        let mut last = fingerprint(&dir);
+        if self.dir.is_none() {
+            return;
+        }
         loop {
             tokio::time::sleep(POLL).await;
-            let now = fingerprint(&dir);
-            if now == last {
-                continue;
-            }
-            last = now;
-            let loaded = spar_model::load_paths(&[&dir]);
-            for p in loaded
-                .problems
-                .iter()
-                .filter(|p| p.severity == spar_model::Severity::Warning)
-            {
-                tracing::warn!("{p}");
-            }
-            if loaded.has_errors() {
-                for p in loaded.errors() {
-                    tracing::error!("rejected config change, keeping the last good config: {p}");
+            let me = self.clone();
+            // Stat (and parse what changed) off the runtime's threads.
+            let outcome = tokio::task::spawn_blocking(move || lock(&me.dir_files).refresh()).await;
+            match outcome {
+                Ok(Refresh::Unchanged) => {}
+                Ok(Refresh::Rejected(problems)) => {
+                    for p in &problems {
+                        tracing::error!(
+                            "rejected config change, keeping the last good config: {p}"
+                        );
+                    }
+                    *lock(&self.dir_problems) = problems;
                 }
-                *lock(&self.dir_problems) = loaded.errors().cloned().collect();
-                continue;
+                Ok(Refresh::Changed(keys)) => {
+                    lock(&self.dir_problems).clear();
+                    let total = lock(&self.dir_files).len();
+                    tracing::info!(
+                        changed = keys.len(),
+                        resources = total,
+                        "config directory changed"
+                    );
+                    self.changed_keys(keys);
+                }
+                Err(e) => tracing::error!(error = %e, "config directory poll failed"),
             }
-            lock(&self.dir_problems).clear();
-            tracing::info!(resources = loaded.resources.len(), dir = %dir.display(), "config directory changed");
-            *lock(&self.dir_resources) = loaded
-                .resources
-                .into_iter()
-                .map(|(r, _)| Arc::new(r))
-                .collect();
-            self.changed();
         }
     }
 
@@ -189,9 +213,9 @@ impl ConfigState {
             if let Err(e) = self.store.put(r) {
                 return Err(vec![internal(source, &e.to_string())]);
             }
+            self.changed_keys([key.clone()]);
             done.push((key.to_string(), warnings));
         }
-        self.changed();
         Ok(done)
     }
 
@@ -236,11 +260,14 @@ impl ConfigState {
                 name: s("/metadata/name"),
             });
         }
-        let in_dir = |k: &ResourceKey| lock(&self.dir_resources).iter().any(|r| &r.key() == k);
+        let in_dir = |k: &ResourceKey| lock(&self.dir_files).get(k).is_some();
         let mut done = Vec::new();
         for k in keys {
             match self.store.delete(&k) {
-                Ok(true) => done.push(k.to_string()),
+                Ok(true) => {
+                    done.push(k.to_string());
+                    self.changed_keys([k]);
+                }
                 Ok(false) if in_dir(&k) => {
                     return Err(vec![internal(
                         source,
@@ -253,7 +280,6 @@ impl ConfigState {
                 Err(e) => return Err(vec![internal(source, &e.to_string())]),
             }
         }
-        self.changed();
         Ok(done)
     }
 }
@@ -267,16 +293,6 @@ fn internal(source: &str, message: &str) -> Problem {
         message: message.to_string(),
         severity: spar_model::Severity::Error,
     }
-}
-
-/// Names, sizes, modification times and contents of the config files, hashed.
-fn fingerprint(dir: &std::path::Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    for f in spar_model::load::collect_files(dir).unwrap_or_default() {
-        f.hash(&mut h);
-        std::fs::read(&f).unwrap_or_default().hash(&mut h);
-    }
-    h.finish()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -55,7 +55,7 @@ pub struct L7Item {
 }
 
 impl L7Item {
-    fn new(host: l7::Host) -> L7Item {
+    pub(crate) fn new(host: l7::Host) -> L7Item {
         let per_source = host.virtual_service.as_ref().is_some_and(|(_, vs)| {
             vs.http
                 .iter()

@@ -18,6 +18,7 @@ use crate::Error;
 use crate::admin::{AdminState, router};
 use crate::ca_server::CaService;
 use crate::config::ConfigState;
+use crate::dir_files::DirFiles;
 use crate::registry::MeshSettings;
 use crate::store::Store;
 use crate::xds_server::{Proxies, XdsService};
@@ -98,27 +99,19 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let ca = Arc::new(ca);
     let tokens = Arc::new(TokenIssuer::load_or_create(&ca_dir)?);
 
-    let dir_resources = match &opts.config_dir {
-        Some(dir) => {
-            let loaded = spar_model::load_paths(&[dir]);
-            if loaded.has_errors() {
-                let problems: Vec<String> = loaded.errors().map(|p| p.to_string()).collect();
-                return Err(Error::InvalidConfig {
-                    dir: dir.clone(),
-                    problems: problems.join("\n"),
-                });
-            }
-            loaded.resources.into_iter().map(|(r, _)| r).collect()
-        }
-        None => Vec::new(),
+    let dir_files = match &opts.config_dir {
+        Some(dir) => DirFiles::load(dir).map_err(|problems| Error::InvalidConfig {
+            dir: dir.clone(),
+            problems: problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })?,
+        None => DirFiles::none(),
     };
     let store = Store::open(&opts.state_dir.join("applied"))?;
-    let config = ConfigState::new(
-        opts.mesh.clone(),
-        opts.config_dir.clone(),
-        dir_resources,
-        store,
-    );
+    let config = ConfigState::new(opts.mesh.clone(), opts.config_dir.clone(), dir_files, store);
     let proxies: Proxies = Arc::new(Mutex::new(BTreeMap::new()));
 
     // The server certificate: localhost, the listen address and whatever the operator adds.

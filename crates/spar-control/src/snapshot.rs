@@ -11,6 +11,7 @@ use std::sync::Arc;
 use spar_model::{Kind, Resource, ResourceKey};
 
 use crate::encoded::{Names, Xds};
+use crate::incremental;
 use crate::registry::{MeshSettings, NsName, Registry};
 use crate::translate::translate;
 
@@ -85,9 +86,22 @@ impl Snapshot {
         changed: &BTreeSet<ResourceKey>,
         jwks: BTreeMap<String, String>,
     ) -> Arc<Snapshot> {
-        let translated = translate(&registry);
-        let xds = Xds::build(&registry, &translated, jwks);
-        let names = prev.xds.changes(&xds);
+        // Pod changes (the churn of a large mesh) retranslate only what depends on the pods;
+        // anything else may reach every pod and retranslates the mesh.
+        let (xds, names) = if changed.iter().all(|k| k.kind == Kind::Pod) {
+            let pods = changed
+                .iter()
+                .map(|k| (k.namespace.clone(), k.name.clone()))
+                .collect();
+            let (mut xds, names) = incremental::pods(&prev.registry, &prev.xds, &registry, &pods);
+            xds.jwks = Arc::new(jwks);
+            (xds, names)
+        } else {
+            let translated = translate(&registry);
+            let xds = Xds::build(&registry, &translated, jwks);
+            let names = prev.xds.changes(&xds);
+            (xds, names)
+        };
         let mut changes = Changes {
             jwks: prev.xds.jwks != xds.jwks,
             kinds: changed.iter().map(|k| k.kind).collect(),
@@ -134,39 +148,56 @@ impl Snapshot {
         merged: &BTreeMap<ResourceKey, Arc<Resource>>,
         jwks: impl FnOnce(&Registry) -> BTreeMap<String, String>,
     ) -> Arc<Snapshot> {
-        let first = prev.generation == 0;
-        let mut registry = if first {
-            Registry::from_shared(mesh.clone(), std::iter::empty())
-        } else {
-            prev.registry.clone()
-        };
-        let mut changed = BTreeSet::new();
-        for (k, r) in merged {
-            let same = prev
-                .registry
-                .get_shared(k)
-                .is_some_and(|o| Arc::ptr_eq(o, r) || **o == **r);
-            if first || !same {
-                changed.insert(k.clone());
-                registry.put(r.clone());
-            }
-        }
-        let gone: Vec<ResourceKey> = prev
+        let put = merged.iter().map(|(k, r)| (k.clone(), Some(r.clone())));
+        let gone = prev
             .registry
             .resources()
             .map(Resource::key)
             .filter(|k| !merged.contains_key(k))
-            .collect();
-        for k in gone {
-            registry.delete(&k);
+            .map(|k| (k, None));
+        Snapshot::apply(prev, generation, mesh, put.chain(gone), jwks)
+    }
+
+    /// The snapshot after `prev` once each key of `delta` is put (`Some`) or deleted (`None`);
+    /// entries equal to what `prev` holds change nothing. What a publication costs depends on
+    /// the size of the delta, not of the mesh (except when a change reaches every pod).
+    pub fn apply(
+        prev: &Snapshot,
+        generation: u64,
+        mesh: &MeshSettings,
+        delta: impl IntoIterator<Item = (ResourceKey, Option<Arc<Resource>>)>,
+        jwks: impl FnOnce(&Registry) -> BTreeMap<String, String>,
+    ) -> Arc<Snapshot> {
+        if prev.generation == 0 {
+            let all = delta.into_iter().filter_map(|(_, r)| r);
+            let registry = Registry::from_shared(mesh.clone(), all);
+            let jwks = jwks(&registry);
+            return Snapshot::build(generation, registry, jwks);
+        }
+        let mut registry = prev.registry.clone();
+        let mut changed = BTreeSet::new();
+        for (k, r) in delta {
+            match r {
+                Some(r) => {
+                    let same = prev
+                        .registry
+                        .get_shared(&k)
+                        .is_some_and(|o| Arc::ptr_eq(o, &r) || **o == *r);
+                    if same {
+                        continue;
+                    }
+                    registry.put(r);
+                }
+                None => {
+                    if registry.delete(&k).is_none() {
+                        continue;
+                    }
+                }
+            }
             changed.insert(k);
         }
         let jwks = jwks(&registry);
-        if first {
-            Snapshot::build(generation, registry, jwks)
-        } else {
-            Snapshot::next(prev, generation, registry, &changed, jwks)
-        }
+        Snapshot::next(prev, generation, registry, &changed, jwks)
     }
 
     /// Everything that changed after generation `since` up to this one; None when this

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use spar_model::{Resource, ResourceKey};
 
@@ -12,7 +12,7 @@ use crate::Error;
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    items: Mutex<BTreeMap<ResourceKey, Resource>>,
+    items: Mutex<BTreeMap<ResourceKey, Arc<Resource>>>,
 }
 
 impl Store {
@@ -29,7 +29,7 @@ impl Store {
         let items = loaded
             .resources
             .into_iter()
-            .map(|(r, _)| (r.key(), r))
+            .map(|(r, _)| (r.key(), Arc::new(r)))
             .collect();
         Ok(Store {
             dir: dir.into(),
@@ -59,7 +59,7 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        self.lock().insert(key, r);
+        self.lock().insert(key, Arc::new(r));
         Ok(())
     }
 
@@ -75,15 +75,19 @@ impl Store {
         }
     }
 
-    pub fn all(&self) -> Vec<Resource> {
+    pub fn all(&self) -> Vec<Arc<Resource>> {
         self.lock().values().cloned().collect()
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Option<Arc<Resource>> {
+        self.lock().get(key).cloned()
     }
 
     pub fn contains(&self, key: &ResourceKey) -> bool {
         self.lock().contains_key(key)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ResourceKey, Resource>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ResourceKey, Arc<Resource>>> {
         // A panic while holding this lock cannot leave the map half-updated; keep serving.
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }

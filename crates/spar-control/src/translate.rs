@@ -69,27 +69,16 @@ pub fn translate(reg: &Registry) -> Translated {
     let mut addresses = BTreeMap::new();
     let mut peer_authn = BTreeSet::new();
     for pod in reg.pods() {
-        if pod.ip.is_none() {
+        let Some(out) = pod_output(reg, &pod) else {
             continue;
+        };
+        for g in out.generated {
+            if g.peer_authn {
+                peer_authn.insert(g.key.clone());
+            }
+            policies.insert(g.key, g.policy);
         }
-        let mut w = workload(reg, &pod);
-        if let Some(only) = waypoint::only_policy(reg, &pod) {
-            let key = format!("{}/{}", only.namespace, only.name);
-            w.authorization_policies.push(key.clone());
-            policies.insert(key, only);
-        }
-        if let Some(pa) = peer_authentication_policy(reg, &pod) {
-            let key = format!("{}/{}", pa.namespace, pa.name);
-            w.authorization_policies.push(key.clone());
-            peer_authn.insert(key.clone());
-            policies.insert(key, pa);
-        }
-        addresses.insert(
-            w.uid.clone(),
-            xw::Address {
-                r#type: Some(xw::address::Type::Workload(w)),
-            },
-        );
+        addresses.insert(out.uid, out.address);
     }
     for (r, spec) in reg.services() {
         let s = service(reg, r, spec);
@@ -110,6 +99,56 @@ pub fn translate(reg: &Registry) -> Translated {
         l7: l7::hosts(reg),
         jwks: BTreeMap::new(),
     }
+}
+
+/// A policy generated for one pod (waypoint-only enforcement, PeerAuthentication) and listed
+/// on its workload.
+pub struct Generated {
+    pub key: String,
+    pub policy: xsec::Authorization,
+    /// From PeerAuthentication (sidecars get these at L4 too).
+    pub peer_authn: bool,
+}
+
+/// What one pod contributes to the translation: its workload (keyed by uid) and the policies
+/// generated for it. None for a pod without an IP. Depends on the pod, the Services and
+/// policies that select it, its namespace and the mesh, never on other pods: a change to a
+/// pod retranslates only this (see `incremental`).
+pub struct PodOutput {
+    pub uid: String,
+    pub address: xw::Address,
+    pub generated: Vec<Generated>,
+}
+
+pub fn pod_output(reg: &Registry, pod: &Pod<'_>) -> Option<PodOutput> {
+    pod.ip?;
+    let mut w = workload(reg, pod);
+    let mut generated = Vec::new();
+    if let Some(only) = waypoint::only_policy(reg, pod) {
+        let key = format!("{}/{}", only.namespace, only.name);
+        w.authorization_policies.push(key.clone());
+        generated.push(Generated {
+            key,
+            policy: only,
+            peer_authn: false,
+        });
+    }
+    if let Some(pa) = peer_authentication_policy(reg, pod) {
+        let key = format!("{}/{}", pa.namespace, pa.name);
+        w.authorization_policies.push(key.clone());
+        generated.push(Generated {
+            key,
+            policy: pa,
+            peer_authn: true,
+        });
+    }
+    Some(PodOutput {
+        uid: w.uid.clone(),
+        address: xw::Address {
+            r#type: Some(xw::address::Type::Workload(w)),
+        },
+        generated,
+    })
 }
 
 /// The config of one proxy: all addresses, and the policies relevant to the pods it serves.

@@ -13,8 +13,11 @@ use serde::Serialize;
 use spar_identity::{Subject, TokenIssuer};
 use spar_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use spar_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, POLICY_TYPE, TELEMETRY_TYPE};
-use tokio::sync::mpsc;
+use spar_xds::{
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_TYPE, MORE_FOLLOWS, POLICY_TYPE, TELEMETRY_TYPE,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::caller;
@@ -95,11 +98,37 @@ pub struct TypeStatus {
 
 pub type Proxies = Arc<Mutex<BTreeMap<u64, ProxyStatus>>>;
 
+/// How many proxies are sent their initial state at once. A first response holds every
+/// address of the mesh (about 30 MB encoded at 100,000 pods), and it stays in the stream's
+/// send buffer until the proxy has read it: a thousand proxies connecting together (a
+/// control-plane restart) would hold a thousand copies. A stream takes a permit before its
+/// first responses and returns it when the proxy has ACKed (or NACKed) them all, or after
+/// `INITIAL_HOLD` (a proxy that never answers cannot starve the others).
+pub const INITIAL_SYNCS: usize = 8;
+const INITIAL_HOLD: Duration = Duration::from_secs(10);
+
+/// Resources per response. tonic encodes a response into its stream's send buffer and keeps
+/// that buffer at its largest size for the life of the stream: one 30 MB initial state would
+/// pin 30 MB per connected proxy. Larger deltas go out as several responses, all but the last
+/// marked `MORE_FOLLOWS` (Spar's proxies build their state only at the last one).
+pub const CHUNK: usize = 500;
+/// At most this many responses per delta: their ACKs must fit the request stream's window
+/// while the server is still sending, so in very large meshes chunks grow past `CHUNK`.
+const MAX_CHUNKS: usize = 256;
+
+/// A stream's initial-sync permit and the responses it covers.
+struct Syncing {
+    _permit: Option<OwnedSemaphorePermit>,
+    nonces: std::collections::BTreeSet<String>,
+    until: Instant,
+}
+
 pub struct XdsService {
     pub tokens: Arc<TokenIssuer>,
     pub config: Arc<ConfigState>,
     pub proxies: Proxies,
     next_stream: AtomicU64,
+    initial: Arc<Semaphore>,
 }
 
 impl XdsService {
@@ -109,6 +138,7 @@ impl XdsService {
             config,
             proxies,
             next_stream: AtomicU64::new(1),
+            initial: Arc::new(Semaphore::new(INITIAL_SYNCS)),
         }
     }
 }
@@ -145,6 +175,8 @@ impl AggregatedDiscoveryService for XdsService {
             types: BTreeMap::new(),
             nonce: 0,
             tx,
+            initial: self.initial.clone(),
+            syncing: None,
         };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(
@@ -162,6 +194,8 @@ struct Connection {
     types: BTreeMap<String, TypeStream>,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    initial: Arc<Semaphore>,
+    syncing: Option<Syncing>,
 }
 
 impl Connection {
@@ -169,7 +203,12 @@ impl Connection {
         let mut snapshots = self.config.subscribe();
         tracing::info!(stream = self.id, proxy = %self.subject, "proxy connected");
         loop {
+            let hold = self.syncing.as_ref().map(|s| s.until);
             tokio::select! {
+                _ = until(hold) => {
+                    tracing::debug!(stream = self.id, "initial state not acknowledged in time; permit returned");
+                    self.syncing = None;
+                }
                 msg = incoming.message() => match msg {
                     Ok(Some(req)) => {
                         if self.on_request(req).await.is_err() {
@@ -245,6 +284,12 @@ impl Connection {
     }
 
     fn on_ack(&mut self, req: &DeltaDiscoveryRequest) {
+        if let Some(s) = &mut self.syncing {
+            s.nonces.remove(&req.response_nonce);
+            if s.nonces.is_empty() {
+                self.syncing = None;
+            }
+        }
         if let Some(st) = self.types.get_mut(&req.type_url) {
             match &req.error_detail {
                 Some(_) => st.nacked(&req.response_nonce),
@@ -285,6 +330,18 @@ impl Connection {
     }
 
     async fn push(&mut self, type_url: &str, snap: &Arc<Snapshot>, always: bool) -> Result<(), ()> {
+        if !self.types.contains_key(type_url) {
+            return Ok(());
+        }
+        if always && self.syncing.is_none() {
+            // Wait for a turn before materializing a whole view (see INITIAL_SYNCS).
+            let permit = self.initial.clone().acquire_owned().await.ok();
+            self.syncing = Some(Syncing {
+                _permit: permit,
+                nonces: Default::default(),
+                until: Instant::now() + INITIAL_HOLD,
+            });
+        }
         let Some(st) = self.types.get_mut(type_url) else {
             return Ok(());
         };
@@ -293,36 +350,64 @@ impl Connection {
         if !always && delta.resources.is_empty() && delta.removed.is_empty() {
             return Ok(());
         }
-        self.nonce += 1;
-        let nonce = format!("{}-{}", snap.generation, self.nonce);
-        st.sent(nonce.clone(), before);
-        {
-            let mut proxies = lock(&self.proxies);
-            if let Some(status) = proxies.get_mut(&self.id) {
-                let t = status.types.entry(type_url.to_string()).or_default();
-                t.last_sent_nonce = nonce.clone();
-                t.resources = st.count;
-                let names = st
-                    .synced
-                    .is_none()
-                    .then(|| st.state.sent.keys().cloned().collect());
-                status.holds.insert(
-                    type_url.to_string(),
-                    Held {
-                        at: snap.clone(),
-                        names,
-                    },
-                );
+        let size = CHUNK.max(delta.resources.len().div_ceil(MAX_CHUNKS));
+        let parts = delta.resources.len().div_ceil(size).max(1);
+        let mut resources = delta.resources.into_iter();
+        let mut removed = Some(delta.removed);
+        for part in 1..=parts {
+            let last = part == parts;
+            self.nonce += 1;
+            let nonce = format!("{}-{}", snap.generation, self.nonce);
+            // A NACK of any part restores what the client held before the whole delta.
+            st.sent(nonce.clone(), before.clone());
+            if always && let Some(s) = &mut self.syncing {
+                s.nonces.insert(nonce.clone());
             }
+            if last {
+                let mut proxies = lock(&self.proxies);
+                if let Some(status) = proxies.get_mut(&self.id) {
+                    let t = status.types.entry(type_url.to_string()).or_default();
+                    t.last_sent_nonce = nonce.clone();
+                    t.resources = st.count;
+                    let names = st
+                        .synced
+                        .is_none()
+                        .then(|| st.state.sent.keys().cloned().collect());
+                    status.holds.insert(
+                        type_url.to_string(),
+                        Held {
+                            at: snap.clone(),
+                            names,
+                        },
+                    );
+                }
+            }
+            let resp = DeltaDiscoveryResponse {
+                system_version_info: if last {
+                    snap.generation.to_string()
+                } else {
+                    format!("{}{MORE_FOLLOWS}", snap.generation)
+                },
+                resources: resources.by_ref().take(size).collect(),
+                type_url: type_url.to_string(),
+                nonce,
+                removed_resources: if last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            };
+            self.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: snap.generation.to_string(),
-            resources: delta.resources,
-            type_url: type_url.to_string(),
-            nonce,
-            removed_resources: delta.removed,
-        };
-        self.tx.send(Ok(resp)).await.map_err(|_| ())
+        Ok(())
+    }
+}
+
+/// Resolves at `t`; never without one.
+async fn until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

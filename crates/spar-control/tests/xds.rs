@@ -69,12 +69,13 @@ impl Client {
     }
 }
 
-fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
-    r.resources.iter().map(|x| x.name.clone()).collect()
-}
-
-#[tokio::test]
-async fn delta_xds_initial_update_removal_and_nack() {
+/// A control plane on `common::TOPOLOGY` (kept while the directories live) and a token of
+/// node-1's proxy.
+async fn start_with_node_token() -> (
+    (tempfile::TempDir, tempfile::TempDir),
+    spar_control::Running,
+    String,
+) {
     let state = tempfile::tempdir().expect("tmp");
     let cfg = tempfile::tempdir().expect("tmp");
     std::fs::write(cfg.path().join("mesh.yaml"), common::TOPOLOGY).expect("write");
@@ -88,6 +89,16 @@ async fn delta_xds_initial_update_removal_and_nack() {
             Duration::from_secs(300),
         )
         .expect("token");
+    ((state, cfg), running, token)
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|x| x.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn delta_xds_initial_update_removal_and_nack() {
+    let ((_state, cfg), running, token) = start_with_node_token().await;
 
     // Unauthenticated streams are refused.
     let err = Client::connect(&running, "forged")
@@ -287,19 +298,7 @@ async fn reconnect_with_initial_versions_gets_only_changes() {
 /// so the proxy never holds the pod without its policy.
 #[tokio::test]
 async fn policies_are_pushed_before_the_pods_they_protect() {
-    let state = tempfile::tempdir().expect("tmp");
-    let cfg = tempfile::tempdir().expect("tmp");
-    std::fs::write(cfg.path().join("mesh.yaml"), common::TOPOLOGY).expect("write");
-    let running = common::start(state.path(), Some(cfg.path())).await;
-    let token = running
-        .tokens
-        .mint(
-            Subject::Node {
-                name: "node-1".into(),
-            },
-            Duration::from_secs(300),
-        )
-        .expect("token");
+    let ((_state, cfg), running, token) = start_with_node_token().await;
     let mut c = Client::connect(&running, &token).await.expect("connect");
     for (i, t) in [ADDRESS_TYPE, AUTHORIZATION_TYPE].into_iter().enumerate() {
         c.send(DeltaDiscoveryRequest {
@@ -328,4 +327,115 @@ async fn policies_are_pushed_before_the_pods_they_protect() {
     let second = c.recv(Duration::from_secs(2)).await;
     assert_eq!(second.type_url, ADDRESS_TYPE);
     assert!(names(&second).contains(&"Kubernetes//Pod/shop/api-1".to_string()));
+}
+
+/// Proxies connecting together take turns for their initial state (`INITIAL_SYNCS` at once):
+/// a proxy's turn ends when it ACKs, and one that never answers holds its turn for a bounded
+/// time, so every proxy gets its state.
+#[tokio::test]
+async fn initial_states_take_turns_and_a_silent_proxy_cannot_starve_the_others() {
+    let (_dirs, running, token) = start_with_node_token().await;
+    async fn first(c: &Client) {
+        c.send(DeltaDiscoveryRequest {
+            type_url: ADDRESS_TYPE.into(),
+            ..Default::default()
+        })
+        .await
+    }
+    // Proxies that ACK: three rounds' worth all get their state promptly.
+    let mut acking = Vec::new();
+    for _ in 0..spar_control::xds_server::INITIAL_SYNCS * 3 {
+        let c = Client::connect(&running, &token).await.expect("connect");
+        first(&c).await;
+        acking.push(c);
+    }
+    for c in acking.iter_mut() {
+        let r = c.recv(Duration::from_secs(5)).await;
+        assert_eq!(names(&r).len(), 3);
+        c.ack(&r).await;
+    }
+    // Every turn taken by a proxy that never ACKs: the next one still gets its state once
+    // the silent ones' turns run out (10 s), not never.
+    let mut silent = Vec::new();
+    for _ in 0..spar_control::xds_server::INITIAL_SYNCS {
+        let mut c = Client::connect(&running, &token).await.expect("connect");
+        first(&c).await;
+        let r = c.recv(Duration::from_secs(5)).await;
+        assert_eq!(names(&r).len(), 3);
+        silent.push(c);
+    }
+    let mut late = Client::connect(&running, &token).await.expect("connect");
+    first(&late).await;
+    let waited = std::time::Instant::now();
+    let r = late.recv(Duration::from_secs(20)).await;
+    assert_eq!(names(&r).len(), 3);
+    assert!(
+        waited.elapsed() > Duration::from_secs(5),
+        "it waited for a turn: {:?}",
+        waited.elapsed()
+    );
+}
+
+/// A view larger than `CHUNK` resources goes out as several responses, all but the last
+/// marked `MORE_FOLLOWS`, together holding the whole view once.
+#[tokio::test]
+async fn a_large_initial_state_is_split_and_marked_until_its_last_part() {
+    let (dirs, running, token) = start_with_node_token().await;
+    let pods = spar_control::xds_server::CHUNK * 2 + 7;
+    let yaml: String = (0..pods)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: bulk-{i}, namespace: shop}}\nspec: {{nodeName: node-1}}\nstatus: {{podIP: 10.9.{}.{}}}\n---\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    std::fs::write(dirs.1.path().join("bulk.yaml"), yaml).expect("write");
+    // The directory watcher takes it in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running.config.current().registry.pod_count() < pods {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bulk file was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = Client::connect(&running, &token).await.expect("connect");
+    c.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE.into(),
+        ..Default::default()
+    })
+    .await;
+    let mut parts = Vec::new();
+    loop {
+        let r = c.recv(Duration::from_secs(5)).await;
+        c.ack(&r).await;
+        let more = r.system_version_info.ends_with(spar_xds::MORE_FOLLOWS);
+        parts.push(names(&r));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        parts.len(),
+        3,
+        "sizes: {:?}",
+        parts.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.len() <= spar_control::xds_server::CHUNK)
+    );
+    let mut all: Vec<String> = parts.concat();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "each resource once");
+    assert_eq!(
+        all.len(),
+        pods + 3,
+        "the bulk pods and the topology's three addresses"
+    );
 }

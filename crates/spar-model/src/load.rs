@@ -216,7 +216,8 @@ pub fn load_paths_within<P: AsRef<Path>>(paths: &[P], limits: &Limits) -> Loaded
     out
 }
 
-fn io_problem(p: &Path, e: &std::io::Error) -> Problem {
+/// A file that cannot be read, as a problem naming it.
+pub fn io_problem(p: &Path, e: &std::io::Error) -> Problem {
     Problem {
         file: p.display().to_string(),
         line: 0,

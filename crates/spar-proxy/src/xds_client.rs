@@ -128,10 +128,14 @@ async fn session(
     {
         let ack = match apply(held, &resp) {
             Ok(problems) => {
-                held.seen.insert(resp.type_url.clone());
+                // A split delta is served from once its last part is in.
+                let complete = !resp.system_version_info.ends_with(spar_xds::MORE_FOLLOWS);
+                if complete {
+                    held.seen.insert(resp.type_url.clone());
+                }
                 // Nothing is served before every subscribed type has arrived: a pod must
                 // never be served in a window without its policies.
-                if types.iter().all(|t| held.seen.contains(*t)) {
+                if complete && types.iter().all(|t| held.seen.contains(*t)) {
                     *generation += 1;
                     let next = Snapshot::build(
                         held.workloads.clone(),

@@ -39,6 +39,10 @@ pub const L7_TYPE: &str = "type.googleapis.com/spar.l7.v1.ServiceRoutes";
 pub const TELEMETRY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Telemetry";
 /// Type URL of security policies (AuthorizationPolicy, RequestAuthentication) for L7 proxies.
 pub const POLICY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Policy";
+/// Ends the `system_version_info` of every response of a split delta but the last: the proxy
+/// applies it and waits for the rest before serving from it (Spar's control plane splits large
+/// deltas so that no stream's send buffer grows to the size of a whole mesh).
+pub const MORE_FOLLOWS: &str = "+more";
 /// The name of a proxy's one telemetry resource.
 pub const TELEMETRY_NAME: &str = "telemetry";
 

@@ -171,21 +171,30 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
         let Some((_, dr)) = &h.destination_rule else {
             continue;
         };
-        let subsets = dr
-            .subsets
-            .iter()
-            .map(|s| {
-                let uids = reg
-                    .endpoints(r, spec)
-                    .filter(|p| labels_match(&s.labels, p.labels))
-                    .map(|p| workload_uid(reg, &p))
-                    .collect();
-                (s.name.clone(), xl7::Members { uids })
-            })
-            .collect();
+        let subsets = subsets(reg, r, spec, dr);
         h.subsets = subsets;
     }
     out
+}
+
+/// A DestinationRule's subsets resolved to the uids of the Service's endpoints.
+pub(crate) fn subsets(
+    reg: &Registry,
+    svc: &spar_model::Resource,
+    spec: &spar_model::k8s::ServiceSpec,
+    dr: &DestinationRule,
+) -> BTreeMap<String, xl7::Members> {
+    dr.subsets
+        .iter()
+        .map(|s| {
+            let uids = reg
+                .endpoints(svc, spec)
+                .filter(|p| labels_match(&s.labels, p.labels))
+                .map(|p| workload_uid(reg, &p))
+                .collect();
+            (s.name.clone(), xl7::Members { uids })
+        })
+        .collect()
 }
 
 /// The L7 resources one sidecar receives: hosts within its `Sidecar` egress scope, with
