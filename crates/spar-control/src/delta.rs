@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use prost_types::Any;
 use spar_xds::discovery::{DeltaDiscoveryRequest, Resource};
 
 use crate::encoded::Item;
@@ -13,8 +12,9 @@ use crate::snapshot::Snapshot;
 use crate::translate::ProxyView;
 use crate::view::{self, Touched, lookup, touched};
 
-/// Current resources of one type for one proxy: name -> (version, body).
-pub type Resources = BTreeMap<String, (String, Any)>;
+/// Current resources of one type for one proxy: name -> the encoded resource (shared with the
+/// snapshot: a first response copies the bytes only of what it sends).
+pub type Resources = BTreeMap<String, Item>;
 
 #[derive(Debug, Default, Clone)]
 pub struct TypeState {
@@ -86,11 +86,12 @@ impl TypeState {
     /// The difference between what the client holds and `current`; records it as sent.
     pub fn diff(&mut self, current: &Resources) -> Delta {
         let mut delta = Delta::default();
-        for (name, (version, body)) in current {
+        for (name, item) in current {
+            let version = &item.version;
             if self.wants(name) && self.sent.get(name) != Some(version) {
                 delta.resources.push(Resource {
                     version: version.clone(),
-                    resource: Some(body.clone()),
+                    resource: Some(item.any.clone()),
                     name: name.clone(),
                     aliases: Vec::new(),
                 });
@@ -202,7 +203,7 @@ impl TypeStream {
             // holds.
             let current: Resources = view::list(snap, view, type_url)
                 .into_iter()
-                .map(|(n, i)| (n.to_string(), (i.version.clone(), i.any.clone())))
+                .map(|(n, i)| (n.to_string(), i))
                 .collect();
             let delta = self.state.diff(&current);
             self.count = self.state.sent.values().filter(|v| !v.is_empty()).count();
@@ -270,13 +271,13 @@ mod tests {
             .map(|(n, v)| {
                 (
                     n.to_string(),
-                    (
-                        v.to_string(),
-                        Any {
+                    Arc::new(crate::encoded::Res {
+                        version: v.to_string(),
+                        any: prost_types::Any {
                             type_url: "t".into(),
                             value: v.as_bytes().to_vec(),
                         },
-                    ),
+                    }),
                 )
             })
             .collect()
