@@ -1,41 +1,223 @@
-//! Incremental translation: a publication whose changes are all Pods retranslates only what
-//! depends on those pods, starting from the previous snapshot's encoded resources.
+//! Incremental translation: a publication whose changes are all Pods, Services or
+//! AuthorizationPolicies retranslates only what depends on them, starting from the previous
+//! snapshot's encoded resources.
 //!
-//! What a pod's translation depends on, and so what a change to it can change (everything
-//! else in `translate` reads no pod):
-//! - its workload address (and the policy names it lists),
-//! - the policies generated for it (`spar-peer-authentication-<pod>`, and the waypoint-only
-//!   DENY its namespace shares between the pods of one waypoint),
-//! - the L7 hosts of the Services that select it, old labels or new, whose DestinationRule
-//!   has subsets (subsets list workload uids).
+//! What depends on what (everything else in `translate` reads none of these):
+//! - a pod: its workload address (and the policy names it lists), the policies generated for
+//!   it (`spar-peer-authentication-<pod>`, and the waypoint-only DENY its namespace shares
+//!   between the pods of one waypoint), and the DestinationRule subsets of the Services that
+//!   select it, old labels or new (subsets list workload uids);
+//! - a Service: its address, the pods its old or new selector selects (their workloads list
+//!   it), and the L7 hosts (recomputed from the registry; no pod is read but subsets');
+//! - an AuthorizationPolicy: its L4 translation and scope, and the pods its old or new
+//!   selector selects (their workloads list it).
 //!
-//! A change of any other kind (a Service, a policy, a namespace's labels, ...) can reach many
-//! pods and goes through the full translation. The cost of a pod change is therefore the same
-//! in a 1,000-pod mesh as in a 100,000-pod one. `sync_tests` checks after every random change
-//! that the result equals a full translation.
+//! A change of any other kind (a namespace's labels, a PeerAuthentication, a
+//! VirtualService, ...) can reach every pod and goes through the full translation. The cost of
+//! a pod change is the same in a 1,000-pod mesh as in a 100,000-pod one. `sync_tests` checks
+//! after every random change that the result equals a full translation.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use spar_model::{Kind, Resource, ResourceKey, Spec};
+use spar_xds::security as xsec;
 use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 
-use crate::encoded::{AuthItem, L7Item, Names, Xds, encode};
+use crate::encoded::{AuthItem, Item, L7Item, Names, Xds, encode};
 use crate::registry::{NsName, Registry};
-use crate::translate::{l7, pod_output, service_host};
+use crate::translate::{authorization, l7, pod_output, service, service_host};
 
-/// `prev` (translated from `prev_reg`) updated for `pods` as they are in `reg`, and the names
-/// of the resources that differ.
-pub fn pods(
+/// Whether a change to `changed` can be translated incrementally from `reg`'s predecessor.
+pub fn handles(reg: &Registry, changed: &BTreeSet<ResourceKey>) -> bool {
+    changed.iter().all(|k| match k.kind {
+        Kind::Pod | Kind::AuthorizationPolicy => true,
+        // A ServiceEntry host may take a Service's address name: then translate whole.
+        Kind::Service => reg.count(Kind::ServiceEntry) == 0,
+        _ => false,
+    })
+}
+
+/// `prev` (translated from `prev_reg`) updated for the `changed` keys as they are in `reg`
+/// (`handles` said yes), and the names of the resources that differ.
+pub fn apply(
+    prev_reg: &Registry,
+    prev: &Xds,
+    reg: &Registry,
+    changed: &BTreeSet<ResourceKey>,
+) -> (Xds, Names) {
+    let mut x = prev.clone();
+    let mut names = Names::default();
+    let mut pods: BTreeSet<NsName> = BTreeSet::new();
+    let mut hosts = false;
+    for k in changed {
+        match k.kind {
+            Kind::Pod => {
+                pods.insert((k.namespace.clone(), k.name.clone()));
+            }
+            Kind::Service => {
+                hosts = true;
+                for r in [prev_reg, reg] {
+                    if let Some((svc, spec)) = r.service(&k.namespace, &k.name) {
+                        pods.extend(r.endpoints(svc, spec).map(|p| ns_name(p.namespace, p.name)));
+                    }
+                }
+                service_address(prev_reg, prev, reg, k, &mut x, &mut names);
+            }
+            Kind::AuthorizationPolicy => {
+                for r in [prev_reg, reg] {
+                    pods.extend(selected(r, r.get(k)));
+                }
+                policy(reg, k, &mut x, &mut names);
+            }
+            _ => {}
+        }
+    }
+    let subsets = pod_updates(prev_reg, prev, reg, &pods, &mut x, &mut names);
+    if hosts {
+        all_hosts(reg, &mut x, &mut names);
+    } else {
+        subset_updates(reg, subsets, &mut x, &mut names);
+    }
+    (x, names)
+}
+
+fn ns_name(ns: &str, name: &str) -> NsName {
+    (ns.to_string(), name.to_string())
+}
+
+/// Pods an AuthorizationPolicy's selector selects (its namespace's; every namespace's for the
+/// root namespace). None without a selector: such a policy is not listed on workloads.
+fn selected(reg: &Registry, r: Option<&Resource>) -> Vec<NsName> {
+    let Some((r, Spec::AuthorizationPolicy(ap))) = r.map(|r| (r, &r.spec)) else {
+        return Vec::new();
+    };
+    let Some(sel) = &ap.selector else {
+        return Vec::new();
+    };
+    let namespaces: Vec<String> = if r.namespace() == reg.mesh.root_namespace {
+        reg.pod_namespaces().map(str::to_string).collect()
+    } else {
+        vec![r.namespace().to_string()]
+    };
+    namespaces
+        .iter()
+        .flat_map(|ns| reg.pods_selected(ns, &sel.match_labels))
+        .map(|p| ns_name(p.namespace, p.name))
+        .collect()
+}
+
+fn put_address(prev: &Xds, x: &mut Xds, names: &mut Names, key: Arc<str>, item: Option<Item>) {
+    let changed = match (prev.addresses.get(&*key), &item) {
+        (Some(o), Some(n)) => o.version != n.version,
+        (None, None) => false,
+        _ => true,
+    };
+    match item {
+        Some(i) => {
+            x.addresses.insert(key.clone(), i);
+        }
+        None => {
+            x.addresses.remove(&*key);
+        }
+    }
+    if changed {
+        names.addresses.insert(key);
+    } else {
+        names.addresses.remove(&*key);
+    }
+}
+
+fn service_address(
+    prev_reg: &Registry,
+    prev: &Xds,
+    reg: &Registry,
+    k: &ResourceKey,
+    x: &mut Xds,
+    names: &mut Names,
+) {
+    let old = prev_reg
+        .get(k)
+        .map(|r| format!("{}/{}", r.namespace(), service_host(prev_reg, r)));
+    let new = reg.service(&k.namespace, &k.name).map(|(r, spec)| {
+        let key: Arc<str> = format!("{}/{}", r.namespace(), service_host(reg, r)).into();
+        let a = spar_xds::workload::Address {
+            r#type: Some(spar_xds::workload::address::Type::Service(service(
+                reg, r, spec,
+            ))),
+        };
+        (key, encode(ADDRESS_TYPE, &a))
+    });
+    if let Some(old) = old
+        && new.as_ref().is_none_or(|(k, _)| **k != *old)
+    {
+        put_address(prev, x, names, old.into(), None);
+    }
+    if let Some((key, item)) = new {
+        put_address(prev, x, names, key, Some(item));
+    }
+}
+
+/// An AuthorizationPolicy's L4 translation and the scope indexes that select it.
+fn policy(reg: &Registry, k: &ResourceKey, x: &mut Xds, names: &mut Names) {
+    let key: Arc<str> = format!("{}/{}", k.namespace, k.name).into();
+    let new = reg.get(k).and_then(|r| match &r.spec {
+        Spec::AuthorizationPolicy(ap) => authorization(reg, r, ap),
+        _ => None,
+    });
+    let old = x.authorizations.remove(&*key);
+    Arc::make_mut(&mut x.global).remove(&key);
+    if let Some(set) = Arc::make_mut(&mut x.by_namespace).get_mut(&k.namespace) {
+        set.remove(&key);
+        if set.is_empty() {
+            Arc::make_mut(&mut x.by_namespace).remove(&k.namespace);
+        }
+    }
+    let Some(a) = new else {
+        if old.is_some() {
+            names.authorizations.insert(key);
+        }
+        return;
+    };
+    match xsec::Scope::try_from(a.scope) {
+        Ok(xsec::Scope::Global) => {
+            Arc::make_mut(&mut x.global).insert(key.clone());
+        }
+        Ok(xsec::Scope::Namespace) => {
+            Arc::make_mut(&mut x.by_namespace)
+                .entry(a.namespace.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        _ => {}
+    }
+    let item = AuthItem {
+        res: encode(AUTHORIZATION_TYPE, &a),
+        scope: a.scope,
+        namespace: a.namespace.clone(),
+        peer_authn: false,
+    };
+    let same = old.is_some_and(|o| {
+        o.res.version == item.res.version && o.scope == item.scope && !o.peer_authn
+    });
+    if !same {
+        names.authorizations.insert(key.clone());
+    }
+    x.authorizations.insert(key, Arc::new(item));
+}
+
+/// Retranslate `pods`; returns the Services (namespace, name) whose subsets may have changed.
+fn pod_updates(
     prev_reg: &Registry,
     prev: &Xds,
     reg: &Registry,
     pods: &BTreeSet<NsName>,
-) -> (Xds, Names) {
-    let mut x = prev.clone();
-    let mut names = Names::default();
+    x: &mut Xds,
+    names: &mut Names,
+) -> BTreeSet<NsName> {
     // Generated policies the changed pods listed before; dropped below unless still listed.
     let mut listed_before: BTreeSet<(String, Arc<str>)> = BTreeSet::new();
-    let mut hosts: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut hosts: BTreeSet<NsName> = BTreeSet::new();
     for (ns, name) in pods {
         let uid: Arc<str> = format!("{}//Pod/{ns}/{name}", reg.mesh.cluster_id).into();
         if let Some(old) = prev.listed.get(&uid) {
@@ -48,15 +230,13 @@ pub fn pods(
                 hosts.extend(
                     r.services_selecting(&p)
                         .into_iter()
-                        .map(|(s, _)| (s.namespace().to_string(), s.name().to_string())),
+                        .map(|(s, _)| ns_name(s.namespace(), s.name())),
                 );
             }
         }
         let out = reg.pod(ns, name).and_then(|p| pod_output(reg, &p));
         let Some(out) = out else {
-            if x.addresses.remove(&*uid).is_some() {
-                names.addresses.insert(uid.clone());
-            }
+            put_address(prev, x, names, uid.clone(), None);
             x.listed.remove(&*uid);
             continue;
         };
@@ -75,15 +255,13 @@ pub fn pods(
                 .map(|p| Arc::from(p.as_str()));
             x.listed.insert(uid.clone(), Arc::new(listed.collect()));
         }
-        let item = encode(ADDRESS_TYPE, &out.address);
-        if prev
-            .addresses
-            .get(&*uid)
-            .is_none_or(|o| o.version != item.version)
-        {
-            names.addresses.insert(uid.clone());
-        }
-        x.addresses.insert(uid, item);
+        put_address(
+            prev,
+            x,
+            names,
+            uid,
+            Some(encode(ADDRESS_TYPE, &out.address)),
+        );
         for g in out.generated {
             let key: Arc<str> = g.key.as_str().into();
             let item = AuthItem {
@@ -106,11 +284,16 @@ pub fn pods(
     // A generated policy stays while any pod of its namespace lists it (the waypoint-only one
     // is shared; a pod's PeerAuthentication one is its own).
     for (ns, key) in listed_before {
-        if !still_listed(reg, &x, &ns, &key) && x.authorizations.remove(&*key).is_some() {
+        if !still_listed(reg, x, &ns, &key) && x.authorizations.remove(&*key).is_some() {
             names.authorizations.insert(key);
         }
     }
-    for (ns, svc) in hosts {
+    hosts
+}
+
+/// The DestinationRule subsets of `services`, which list workload uids.
+fn subset_updates(reg: &Registry, services: BTreeSet<NsName>, x: &mut Xds, names: &mut Names) {
+    for (ns, svc) in services {
         let Some((r, spec)) = reg.service(&ns, &svc) else {
             continue;
         };
@@ -129,7 +312,30 @@ pub fn pods(
             names.l7.insert(key);
         }
     }
-    (x, names)
+}
+
+/// Every L7 host again (a Service came, went or changed its ports): VirtualServices,
+/// DestinationRules and routes bind by host name, so the hosts are recomputed from the
+/// registry (no pod is read but the subsets' endpoints) and only those that differ replaced.
+fn all_hosts(reg: &Registry, x: &mut Xds, names: &mut Names) {
+    let hosts = l7::hosts(reg);
+    let gone: Vec<Arc<str>> =
+        x.l7.keys()
+            .filter(|k| !hosts.contains_key(&***k))
+            .cloned()
+            .collect();
+    for k in gone {
+        x.l7.remove(&*k);
+        names.l7.insert(k);
+    }
+    for (k, h) in hosts {
+        if x.l7.get(k.as_str()).is_some_and(|o| *o.host == h) {
+            continue;
+        }
+        let k: Arc<str> = k.as_str().into();
+        x.l7.insert(k.clone(), Arc::new(L7Item::new(h)));
+        names.l7.insert(k);
+    }
 }
 
 /// Names of the policies `translate` generates per pod (the `spar-` prefix is Spar's own).

@@ -86,14 +86,11 @@ impl Snapshot {
         changed: &BTreeSet<ResourceKey>,
         jwks: BTreeMap<String, String>,
     ) -> Arc<Snapshot> {
-        // Pod changes (the churn of a large mesh) retranslate only what depends on the pods;
-        // anything else may reach every pod and retranslates the mesh.
-        let (xds, names) = if changed.iter().all(|k| k.kind == Kind::Pod) {
-            let pods = changed
-                .iter()
-                .map(|k| (k.namespace.clone(), k.name.clone()))
-                .collect();
-            let (mut xds, names) = incremental::pods(&prev.registry, &prev.xds, &registry, &pods);
+        // Pod, Service and AuthorizationPolicy changes (the churn of a large mesh) retranslate
+        // only what depends on them; anything else may reach every pod and retranslates all.
+        let (xds, names) = if incremental::handles(&registry, changed) {
+            let (mut xds, names) =
+                incremental::apply(&prev.registry, &prev.xds, &registry, changed);
             xds.jwks = Arc::new(jwks);
             (xds, names)
         } else {

@@ -317,7 +317,7 @@ pub fn service_host(reg: &Registry, r: &Resource) -> String {
     )
 }
 
-fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
+pub(crate) fn service(reg: &Registry, r: &Resource, spec: &ServiceSpec) -> xw::Service {
     let vips = spec
         .cluster_ips
         .iter()
