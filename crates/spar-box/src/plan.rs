@@ -308,20 +308,20 @@ fn target_port(
         Some(IntOrString::Int(n)) => *n,
         Some(IntOrString::String(name)) => resources
             .iter()
-            .find_map(|r| match &r.spec {
-                Spec::Deployment(spar_model::k8s::DeploymentSpec { template, .. })
-                | Spec::Job(spar_model::k8s::JobSpec { template, .. })
-                    if r.name() == p.deployment && r.namespace() == p.namespace =>
-                {
-                    template
-                        .spec
-                        .containers
-                        .iter()
-                        .flat_map(|c| &c.ports)
-                        .find(|cp| cp.name.as_deref() == Some(name))
-                        .map(|cp| cp.container_port)
-                }
+            .filter(|r| r.name() == p.deployment && r.namespace() == p.namespace)
+            .filter_map(|r| match &r.spec {
+                Spec::Deployment(d) => Some(&d.template),
+                Spec::Job(j) => Some(&j.template),
                 _ => None,
+            })
+            .find_map(|template| {
+                template
+                    .spec
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.ports)
+                    .find(|cp| cp.name.as_deref() == Some(name))
+                    .map(|cp| cp.container_port)
             })
             .unwrap_or(port),
     }

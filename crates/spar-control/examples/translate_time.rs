@@ -27,18 +27,20 @@ fn main() {
         }
     };
     println!(
-        "load (every core): {:?} ({} resources)",
+        "load (every core): {:?} ({} resources), RSS {} MB",
         t.elapsed(),
-        files.len()
+        files.len(),
+        rss_mb()
     );
     let mesh = MeshSettings::default();
     let t = Instant::now();
     let all = files.all().map(|r| (r.key(), Some(r.clone())));
     let mut snap = Snapshot::apply(&Snapshot::default(), 1, &mesh, all, |_| BTreeMap::new());
     println!(
-        "first snapshot (registry, translation, encoding): {:?} ({} addresses)",
+        "first snapshot (registry, translation, encoding): {:?} ({} addresses), RSS {} MB",
         t.elapsed(),
-        snap.xds.addresses.len()
+        snap.xds.addresses.len(),
+        rss_mb()
     );
     let first = |kind: Kind| {
         files
@@ -86,4 +88,15 @@ fn main() {
         );
         snap = next;
     }
+}
+
+fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

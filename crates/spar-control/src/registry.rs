@@ -259,7 +259,7 @@ impl Registry {
             .into_iter()
             .flat_map(|m| m.values())
             .filter_map(|r| match &r.spec {
-                Spec::Service(s) => Some((&**r, s)),
+                Spec::Service(s) => Some((&**r, &**s)),
                 _ => None,
             })
     }

@@ -253,7 +253,7 @@ pub fn effective_mtls(reg: &Registry, pod: &Pod<'_>) -> (String, BTreeMap<u32, S
     let pas: Vec<(&Resource, &PeerAuthentication)> = reg
         .of_kind(Kind::PeerAuthentication)
         .filter_map(|r| match &r.spec {
-            Spec::PeerAuthentication(pa) => Some((r, pa)),
+            Spec::PeerAuthentication(pa) => Some((r, &**pa)),
             _ => None,
         })
         .collect();

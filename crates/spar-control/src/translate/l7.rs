@@ -161,7 +161,7 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
             if h.destination_rule.is_none() && h.hostname == host {
                 let mut dr = dr.clone();
                 dr.host = host.clone();
-                h.destination_rule = Some((format!("{}/{}", r.namespace(), r.name()), dr));
+                h.destination_rule = Some((format!("{}/{}", r.namespace(), r.name()), *dr));
             }
         }
     }

@@ -25,7 +25,7 @@ pub fn for_pod(reg: &Registry, pod: &Pod<'_>) -> xl7::Telemetry {
     let all: Vec<(String, String, &Telemetry)> = reg
         .of_kind(spar_model::Kind::Telemetry)
         .filter_map(|r| match &r.spec {
-            Spec::Telemetry(t) => Some((r.namespace().to_string(), r.name().to_string(), t)),
+            Spec::Telemetry(t) => Some((r.namespace().to_string(), r.name().to_string(), &**t)),
             _ => None,
         })
         .collect();
