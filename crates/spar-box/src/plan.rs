@@ -314,15 +314,7 @@ fn target_port(
                 Spec::Job(j) => Some(&j.template),
                 _ => None,
             })
-            .find_map(|template| {
-                template
-                    .spec
-                    .containers
-                    .iter()
-                    .flat_map(|c| &c.ports)
-                    .find(|cp| cp.name.as_deref() == Some(name))
-                    .map(|cp| cp.container_port)
-            })
+            .find_map(|template| template.spec.port_named(name))
             .unwrap_or(port),
     }
 }

@@ -284,14 +284,7 @@ fn target_port(p: &Pod<'_>, target: Option<&IntOrString>, port: u32) -> u32 {
     match target {
         None => port,
         Some(IntOrString::Int(n)) => *n,
-        Some(IntOrString::String(name)) => p
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .find(|cp| cp.name.as_deref() == Some(name))
-            .map(|cp| cp.container_port)
-            .unwrap_or(port),
+        Some(IntOrString::String(name)) => p.spec.port_named(name).unwrap_or(port),
     }
 }
 

@@ -91,6 +91,17 @@ model! {
     }
 }
 
+impl PodSpec {
+    /// The number of the container port called `name` (a Service's named `targetPort`).
+    pub fn port_named(&self, name: &str) -> Option<u32> {
+        self.containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|cp| cp.name.as_deref() == Some(name))
+            .map(|cp| cp.container_port)
+    }
+}
+
 model! {
     pub struct Container {
         pub name: String,
