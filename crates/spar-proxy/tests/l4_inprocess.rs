@@ -306,3 +306,33 @@ async fn a_stalled_reader_does_not_stall_the_other_tunnels_of_its_pooled_connect
     );
     drop(stalled);
 }
+
+/// A mesh larger than one xDS response: the control plane sends the addresses in parts
+/// (`MORE_FOLLOWS` on all but the last); the node proxy takes every part in and carries
+/// traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_sent_in_parts_reaches_the_proxy_whole() {
+    let filler = spar_control::xds_server::CHUNK * 2 + 5;
+    let yaml: String = (0..filler)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: filler-{i}, namespace: plain}}\nspec: {{nodeName: node-9}}\nstatus: {{podIP: 10.250.{}.{}}}\n---\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let mesh = ambient(&yaml).await;
+    let n1 = mesh.nodes["node-1"].proxy.clone();
+    let held = n1
+        .snapshot
+        .load()
+        .workloads
+        .keys()
+        .filter(|k| k.contains("/filler-"))
+        .count();
+    assert_eq!(held, filler, "every part of the initial state was applied");
+    let s = mesh.connect("client", "server", 9000).await;
+    let back = echo_once(s, b"after a split push").await.expect("echo");
+    assert_eq!(back, b"after a split push");
+}
