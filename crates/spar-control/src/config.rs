@@ -143,8 +143,20 @@ impl ConfigState {
         loop {
             tokio::time::sleep(POLL).await;
             let me = self.clone();
-            // Stat (and parse what changed) off the runtime's threads.
-            let outcome = tokio::task::spawn_blocking(move || lock(&me.dir_files).refresh()).await;
+            // Stat and parse what changed off the runtime's threads, and without the lock that
+            // publications and the admin API read the directory's resources under.
+            let outcome = tokio::task::spawn_blocking(move || {
+                let scan = lock(&me.dir_files).scan();
+                match scan {
+                    Err(problems) => Refresh::Rejected(problems),
+                    Ok(None) => Refresh::Unchanged,
+                    Ok(Some(scan)) => {
+                        let parsed = DirFiles::parse(scan);
+                        lock(&me.dir_files).commit(parsed)
+                    }
+                }
+            })
+            .await;
             match outcome {
                 Ok(Refresh::Unchanged) => {}
                 Ok(Refresh::Rejected(problems)) => {

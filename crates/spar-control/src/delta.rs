@@ -132,7 +132,7 @@ pub struct TypeStream {
     /// How many resources the client holds.
     pub count: usize,
     /// Responses not yet ACKed: their nonce and what the client held before each.
-    pub pending: std::collections::VecDeque<(String, Held)>,
+    pub pending: std::collections::VecDeque<(String, Arc<Held>)>,
 }
 
 /// What a client held before a response (restored if it NACKs the response).
@@ -144,7 +144,8 @@ pub struct Held {
 }
 
 /// Unacknowledged responses remembered per type; a client that never ACKs loses the oldest.
-const MAX_PENDING: usize = 16;
+/// Room for every part of a split delta (all are sent before their ACKs are read) and more.
+const MAX_PENDING: usize = crate::xds_server::MAX_CHUNKS + 16;
 
 impl TypeStream {
     pub fn new(state: TypeState) -> TypeStream {
@@ -157,16 +158,16 @@ impl TypeStream {
     }
 
     /// What the client holds now, to restore should it refuse what comes next.
-    pub fn held(&self) -> Held {
-        Held {
+    pub fn held(&self) -> Arc<Held> {
+        Arc::new(Held {
             state: self.state.clone(),
             synced: self.synced.clone(),
             count: self.count,
-        }
+        })
     }
 
     /// A response went out with `nonce`; `before` is what the client held until then.
-    pub fn sent(&mut self, nonce: String, before: Held) {
+    pub fn sent(&mut self, nonce: String, before: Arc<Held>) {
         if self.pending.len() == MAX_PENDING {
             self.pending.pop_front();
         }
@@ -190,8 +191,8 @@ impl TypeStream {
                 .drain(i..)
                 .next()
                 .expect("position is in range");
-            self.state = before.state;
-            self.synced = before.synced;
+            self.state = before.state.clone();
+            self.synced = before.synced.clone();
             self.count = before.count;
         }
     }
@@ -364,5 +365,28 @@ mod tests {
         st.sent("n4".into(), before);
         st.acked("n3");
         assert_eq!(st.pending.len(), 1);
+    }
+
+    /// A delta split into as many parts as the server sends at most: a NACK of the first part,
+    /// arriving after all were sent, still restores what the client held before the delta.
+    #[test]
+    fn a_nack_of_the_first_of_many_parts_restores_the_state_before_them() {
+        let mut st = TypeStream::new(TypeState::first(&DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["a".into()],
+            ..Default::default()
+        }));
+        let before = st.held();
+        let d = st.state.diff(&res(&[("a", "1")]));
+        assert_eq!(names(&d), vec!["a"]);
+        for part in 0..crate::xds_server::MAX_CHUNKS {
+            st.sent(format!("p{part}"), before.clone());
+        }
+        st.nacked("p0");
+        let d = st.state.diff(&res(&[("a", "1")]));
+        assert_eq!(
+            names(&d),
+            vec!["a"],
+            "sent again: the client holds none of it"
+        );
     }
 }

@@ -16,9 +16,10 @@ use spar_model::load::{collect_files, io_problem};
 use spar_model::{Limits, Loaded, Origin, Problem, Resource, ResourceKey, Severity};
 
 /// What identifies a file's version: size, modification time, inode and, for a file modified
-/// in the last two seconds, a hash of its content. Modification times are kept at the kernel's
-/// tick, so two writes of the same size within one tick leave the same time; like git's "racy"
-/// check, a recent file is read and hashed until its time is old enough to tell.
+/// after (or less than two seconds before) the previous poll, a hash of its content.
+/// Modification times move at the kernel's tick, so two writes of the same size within one
+/// tick leave the same time; like git's "racy" check, such a file is read and hashed until its
+/// time is old enough to tell.
 #[derive(Debug, Clone, Copy)]
 struct Stamp {
     meta: (u64, i64, i64, u64),
@@ -46,6 +47,24 @@ pub struct DirFiles {
     /// Every stamp of the last poll (accepted or not), to tell a new change from an old one.
     seen: BTreeMap<PathBuf, Stamp>,
     resources: BTreeMap<ResourceKey, (Arc<Resource>, Origin)>,
+    /// When the last poll's stamps were taken.
+    scanned_at: Option<std::time::SystemTime>,
+}
+
+/// The files a poll found changed or removed, before parsing.
+#[derive(Debug)]
+pub struct Scan {
+    at: std::time::SystemTime,
+    now: BTreeMap<PathBuf, Stamp>,
+    changed: Vec<PathBuf>,
+    removed: Vec<PathBuf>,
+}
+
+/// A scan with its changed files parsed.
+#[derive(Debug)]
+pub struct Parsed {
+    scan: Scan,
+    loaded: Vec<Loaded>,
 }
 
 /// What a poll found.
@@ -94,29 +113,37 @@ impl DirFiles {
 
     /// Stat the files and take in what changed.
     pub fn refresh(&mut self) -> Refresh {
+        match self.scan() {
+            Err(p) => Refresh::Rejected(p),
+            Ok(None) => Refresh::Unchanged,
+            Ok(Some(scan)) => self.commit(DirFiles::parse(scan)),
+        }
+    }
+
+    /// What changed since the last poll (None: nothing), without parsing. `scan`, `parse` and
+    /// `commit` are apart so that a watcher parses without holding the lock that readers of
+    /// the directory's resources take.
+    pub fn scan(&self) -> Result<Option<Scan>, Vec<Problem>> {
         let Some(root) = self.root.clone() else {
-            return Refresh::Unchanged;
+            return Ok(None);
         };
-        let listing = match collect_files(&root) {
-            Ok(l) => l,
-            Err(e) => return Refresh::Rejected(vec![io_problem(&root, &e)]),
-        };
+        let at = std::time::SystemTime::now();
+        let listing = collect_files(&root).map_err(|e| vec![io_problem(&root, &e)])?;
         let mut now = BTreeMap::new();
         for f in listing {
             match std::fs::metadata(&f) {
                 Ok(m) => {
-                    let s = stamp(&f, &m);
+                    let s = stamp(&f, &m, self.scanned_at);
                     now.insert(f, s);
                 }
                 // Removed between the listing and the stat: gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Refresh::Rejected(vec![io_problem(&f, &e)]),
+                Err(e) => return Err(vec![io_problem(&f, &e)]),
             }
         }
         if now == self.seen {
-            return Refresh::Unchanged;
+            return Ok(None);
         }
-        self.seen = now.clone();
         let changed: Vec<PathBuf> = now
             .iter()
             .filter(|(f, s)| self.files.get(*f).is_none_or(|(old, _)| old != *s))
@@ -128,7 +155,34 @@ impl DirFiles {
             .filter(|f| !now.contains_key(*f))
             .cloned()
             .collect();
-        let parsed = parse_all(&changed);
+        Ok(Some(Scan {
+            at,
+            now,
+            changed,
+            removed,
+        }))
+    }
+
+    /// Parse the changed files of `scan` (on every core).
+    pub fn parse(scan: Scan) -> Parsed {
+        let loaded = parse_all(&scan.changed);
+        Parsed { scan, loaded }
+    }
+
+    /// Take in what was parsed, or reject it whole.
+    pub fn commit(&mut self, parsed: Parsed) -> Refresh {
+        let Parsed {
+            scan:
+                Scan {
+                    at,
+                    now,
+                    changed,
+                    removed,
+                },
+            loaded: parsed,
+        } = parsed;
+        self.seen = now.clone();
+        self.scanned_at = Some(at);
         let mut errors: Vec<Problem> = Vec::new();
         for l in &parsed {
             for p in l
@@ -190,14 +244,15 @@ impl DirFiles {
     }
 }
 
-fn stamp(f: &Path, m: &std::fs::Metadata) -> Stamp {
+fn stamp(f: &Path, m: &std::fs::Metadata, last_scan: Option<std::time::SystemTime>) -> Stamp {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
-    let recent = m
-        .modified()
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_none_or(|age| age < RACY);
+    // Racy: modified after (or within a tick before) the last poll took its stamps, as git
+    // judges its index entries; a file older than that cannot share a tick with a new write.
+    let recent = match (m.modified(), last_scan) {
+        (Ok(t), Some(last)) => t + RACY > last,
+        _ => true,
+    };
     let content = recent.then(|| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         std::fs::read(f).unwrap_or_default().hash(&mut h);

@@ -98,8 +98,37 @@ pub struct Xds {
     pub by_namespace: Arc<BTreeMap<String, BTreeSet<Arc<str>>>>,
     /// Workload uid -> the authorizations it lists (node proxies get those of their pods).
     pub listed: PMap<Arc<str>, Arc<Vec<Arc<str>>>>,
+    /// Generated policy (`is_generated`) -> how many workloads list it; it exists while some do.
+    pub listers: PMap<Arc<str>, usize>,
     /// `jwksUri` -> the JWKS last fetched from it.
     pub jwks: Arc<BTreeMap<String, String>>,
+}
+
+/// Names of the policies the translation generates per pod (users cannot take these names:
+/// `spar_model::validate` reserves them).
+pub fn is_generated(key: &str) -> bool {
+    key.split_once('/').is_some_and(|(_, n)| {
+        spar_model::validate::GENERATED_POLICY_PREFIXES
+            .iter()
+            .any(|p| n.starts_with(p))
+    })
+}
+
+impl Xds {
+    /// Count one more (`up`) or one fewer workload listing the generated policy `key`; the
+    /// count is dropped at zero. Returns the count after.
+    pub fn count_lister(&mut self, key: &Arc<str>, up: bool) -> usize {
+        let now = match (self.listers.get(&**key).copied().unwrap_or(0), up) {
+            (n, true) => n + 1,
+            (n, false) => n.saturating_sub(1),
+        };
+        if now == 0 {
+            self.listers.remove(&**key);
+        } else {
+            self.listers.insert(key.clone(), now);
+        }
+        now
+    }
 }
 
 /// What differs between two `Xds`, by resource name.
@@ -124,11 +153,14 @@ impl Xds {
             if let Some(spar_xds::workload::address::Type::Workload(w)) = &a.r#type
                 && !w.authorization_policies.is_empty()
             {
-                let listed = w
+                let listed: Vec<Arc<str>> = w
                     .authorization_policies
                     .iter()
                     .map(|p| Arc::from(p.as_str()))
                     .collect();
+                for p in listed.iter().filter(|p| is_generated(p)) {
+                    x.count_lister(p, true);
+                }
                 x.listed.insert(name.clone(), Arc::new(listed));
             }
             x.addresses.insert(name, encode(ADDRESS_TYPE, a));

@@ -24,7 +24,7 @@ use spar_model::{Kind, Resource, ResourceKey, Spec};
 use spar_xds::security as xsec;
 use spar_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 
-use crate::encoded::{AuthItem, Item, L7Item, Names, Xds, encode};
+use crate::encoded::{AuthItem, Item, L7Item, Names, Xds, encode, is_generated};
 use crate::registry::{NsName, Registry};
 use crate::translate::{authorization, l7, pod_output, service, service_host};
 
@@ -216,13 +216,14 @@ fn pod_updates(
     names: &mut Names,
 ) -> BTreeSet<NsName> {
     // Generated policies the changed pods listed before; dropped below unless still listed.
-    let mut listed_before: BTreeSet<(String, Arc<str>)> = BTreeSet::new();
+    let mut listed_before: BTreeSet<Arc<str>> = BTreeSet::new();
     let mut hosts: BTreeSet<NsName> = BTreeSet::new();
     for (ns, name) in pods {
         let uid: Arc<str> = format!("{}//Pod/{ns}/{name}", reg.mesh.cluster_id).into();
         if let Some(old) = prev.listed.get(&uid) {
             for key in old.iter().filter(|k| is_generated(k)) {
-                listed_before.insert((ns.clone(), key.clone()));
+                x.count_lister(key, false);
+                listed_before.insert(key.clone());
             }
         }
         for r in [prev_reg, reg] {
@@ -249,11 +250,15 @@ fn pod_updates(
         if w.authorization_policies.is_empty() {
             x.listed.remove(&*uid);
         } else {
-            let listed = w
+            let listed: Vec<Arc<str>> = w
                 .authorization_policies
                 .iter()
-                .map(|p| Arc::from(p.as_str()));
-            x.listed.insert(uid.clone(), Arc::new(listed.collect()));
+                .map(|p| Arc::from(p.as_str()))
+                .collect();
+            for p in listed.iter().filter(|p| is_generated(p)) {
+                x.count_lister(p, true);
+            }
+            x.listed.insert(uid.clone(), Arc::new(listed));
         }
         put_address(
             prev,
@@ -281,10 +286,10 @@ fn pod_updates(
             }
         }
     }
-    // A generated policy stays while any pod of its namespace lists it (the waypoint-only one
-    // is shared; a pod's PeerAuthentication one is its own).
-    for (ns, key) in listed_before {
-        if !still_listed(reg, x, &ns, &key) && x.authorizations.remove(&*key).is_some() {
+    // A generated policy stays while any workload lists it (the waypoint-only one is shared by
+    // a namespace's pods; a pod's PeerAuthentication one is its own).
+    for key in listed_before {
+        if !x.listers.contains_key(&*key) && x.authorizations.remove(&*key).is_some() {
             names.authorizations.insert(key);
         }
     }
@@ -336,33 +341,6 @@ fn all_hosts(reg: &Registry, x: &mut Xds, names: &mut Names) {
         x.l7.insert(k.clone(), Arc::new(L7Item::new(h)));
         names.l7.insert(k);
     }
-}
-
-/// Names of the policies `translate` generates per pod (the `spar-` prefix is Spar's own).
-fn is_generated(key: &str) -> bool {
-    key.split_once('/').is_some_and(|(_, n)| {
-        n.starts_with("spar-peer-authentication-") || n.starts_with("spar-waypoint-only-")
-    })
-}
-
-fn still_listed(reg: &Registry, x: &Xds, ns: &str, key: &str) -> bool {
-    // A pod's own PeerAuthentication policy: only that pod lists it.
-    if let Some(pod) = key
-        .split_once('/')
-        .and_then(|(_, n)| n.strip_prefix("spar-peer-authentication-"))
-    {
-        let uid = format!("{}//Pod/{ns}/{pod}", reg.mesh.cluster_id);
-        return x
-            .listed
-            .get(uid.as_str())
-            .is_some_and(|l| l.iter().any(|k| &**k == key));
-    }
-    reg.pods_selected(ns, &Default::default()).iter().any(|p| {
-        let uid = crate::translate::workload_uid(reg, p);
-        x.listed
-            .get(uid.as_str())
-            .is_some_and(|l| l.iter().any(|k| &**k == key))
-    })
 }
 
 #[cfg(test)]

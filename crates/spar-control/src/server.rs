@@ -160,7 +160,10 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(chain, key)))
         .map_err(|e| Error::Tls(e.to_string()))?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AggregatedDiscoveryServiceServer::new(xds))
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(xds)
+                .max_decoding_message_size(spar_xds::MAX_MESSAGE),
+        )
         .add_service(IstioCertificateServiceServer::new(ca_svc));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
     let grpc_task = tokio::spawn(async move {

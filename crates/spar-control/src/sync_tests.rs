@@ -48,7 +48,7 @@ fn random_resource(rng: &mut Rng) -> String {
     let i = rng.below(6);
     let ns = rng.pick(&["a", "b"]);
     let app = rng.pick(&["ax", "ay", "az"]);
-    match rng.below(12) {
+    match rng.below(13) {
         0..=3 => format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}, version: {}{}}}}}\n\
              spec: {{serviceAccountName: sa-{app}, nodeName: {}, containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
@@ -62,16 +62,24 @@ fn random_resource(rng: &mut Rng) -> String {
             }
         ),
         4 => format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{}, namespace: {ns}}}\n\
-             spec: {{selector: {{app: {app}}}, clusterIP: 10.96.0.{i}, ports: [{{name: http, port: 80, targetPort: {}}}]}}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{}, namespace: {ns}{}}}\n\
+             spec: {{selector: {{app: {app}}}, clusterIP: 10.96.0.{i}, ports: [{{name: http, port: {}, targetPort: {}}}]}}\n",
             i % 3,
+            rng.pick(&["", "", ", labels: {istio.io/use-waypoint: wp}"]),
+            rng.pick(&["80", "81"]),
             rng.pick(&["http", "9090"])
+        ),
+        12 => format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se, namespace: {ns}}}\n\
+             spec: {{hosts: [s{}.{ns}.svc.cluster.local], ports: [{{number: 80, name: http}}], resolution: STATIC, endpoints: [{{address: 10.1.0.{i}}}]}}\n",
+            i % 3
         ),
         5 => {
             let sel = rng.pick(&[
                 "",
                 "selector: {matchLabels: {app: ax}}, ",
                 "selector: {matchLabels: {version: v2}}, ",
+                "selector: {}, ",
             ]);
             let action = rng.pick(&["ALLOW", "DENY", "AUDIT"]);
             let pns = rng.pick(&["a", "b", "istio-system"]);
@@ -290,6 +298,7 @@ type Encoded = (
     Vec<(String, Vec<String>)>,
     Vec<String>,
     Vec<(String, Vec<String>)>,
+    Vec<(String, usize)>,
 );
 
 fn encoded(x: &Xds) -> Encoded {
@@ -331,5 +340,7 @@ fn encoded(x: &Xds) -> Encoded {
         .iter()
         .map(|(k, v)| (k.clone(), v.iter().map(|s| s.to_string()).collect()))
         .collect();
-    (addresses, auth, l7, listed, global, by_ns)
+    let mut listers: Vec<_> = x.listers.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    listers.sort();
+    (addresses, auth, l7, listed, global, by_ns, listers)
 }

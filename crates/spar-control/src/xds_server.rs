@@ -114,7 +114,7 @@ const INITIAL_HOLD: Duration = Duration::from_secs(10);
 pub const CHUNK: usize = 500;
 /// At most this many responses per delta: their ACKs must fit the request stream's window
 /// while the server is still sending, so in very large meshes chunks grow past `CHUNK`.
-const MAX_CHUNKS: usize = 256;
+pub const MAX_CHUNKS: usize = 256;
 
 /// A stream's initial-sync permit and the responses it covers.
 struct Syncing {
@@ -350,10 +350,12 @@ impl Connection {
         if !always && delta.resources.is_empty() && delta.removed.is_empty() {
             return Ok(());
         }
-        let size = CHUNK.max(delta.resources.len().div_ceil(MAX_CHUNKS));
-        let parts = delta.resources.len().div_ceil(size).max(1);
+        // Parts carry the updated resources first, then the removed names.
+        let items = delta.resources.len() + delta.removed.len();
+        let size = CHUNK.max(items.div_ceil(MAX_CHUNKS));
+        let parts = items.div_ceil(size).max(1);
         let mut resources = delta.resources.into_iter();
-        let mut removed = Some(delta.removed);
+        let mut removed = delta.removed.into_iter();
         for part in 1..=parts {
             let last = part == parts;
             self.nonce += 1;
@@ -382,22 +384,24 @@ impl Connection {
                     );
                 }
             }
+            let updated: Vec<_> = resources.by_ref().take(size).collect();
+            let gone = removed.by_ref().take(size - updated.len()).collect();
             let resp = DeltaDiscoveryResponse {
                 system_version_info: if last {
                     snap.generation.to_string()
                 } else {
                     format!("{}{MORE_FOLLOWS}", snap.generation)
                 },
-                resources: resources.by_ref().take(size).collect(),
+                resources: updated,
                 type_url: type_url.to_string(),
                 nonce,
-                removed_resources: if last {
-                    removed.take().unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
+                removed_resources: gone,
             };
             self.tx.send(Ok(resp)).await.map_err(|_| ())?;
+        }
+        if always && let Some(s) = &mut self.syncing {
+            // The proxy's time to answer counts from when the last part went out.
+            s.until = Instant::now() + INITIAL_HOLD;
         }
         Ok(())
     }

@@ -438,4 +438,20 @@ async fn a_large_initial_state_is_split_and_marked_until_its_last_part() {
         pods + 3,
         "the bulk pods and the topology's three addresses"
     );
+
+    // Removals are split the same way.
+    std::fs::remove_file(dirs.1.path().join("bulk.yaml")).expect("rm");
+    let mut removed = Vec::new();
+    let mut parts = 0;
+    loop {
+        let r = c.recv(Duration::from_secs(5)).await;
+        c.ack(&r).await;
+        assert!(r.resources.len() + r.removed_resources.len() <= spar_control::xds_server::CHUNK);
+        parts += 1;
+        removed.extend(r.removed_resources.clone());
+        if !r.system_version_info.ends_with(spar_xds::MORE_FOLLOWS) {
+            break;
+        }
+    }
+    assert_eq!((parts, removed.len()), (3, pods));
 }

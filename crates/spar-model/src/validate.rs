@@ -31,6 +31,11 @@ pub fn is_dns_label(name: &str) -> bool {
     name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
 }
 
+/// Names of the L4 policies the control plane generates per pod (PeerAuthentication's,
+/// waypoint-only enforcement's); an AuthorizationPolicy of the same name would be taken for one.
+pub const GENERATED_POLICY_PREFIXES: [&str; 2] =
+    ["spar-peer-authentication-", "spar-waypoint-only-"];
+
 pub fn validate(r: &Resource) -> Vec<Issue> {
     let mut v = Checker::default();
     v.name("metadata.name", &r.meta.name);
@@ -46,7 +51,18 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
         Spec::DestinationRule(s) => v.destination_rule(s),
         Spec::ServiceEntry(s) => v.service_entry(s),
         Spec::Sidecar(s) => v.sidecar(s),
-        Spec::AuthorizationPolicy(s) => v.authorization_policy(s),
+        Spec::AuthorizationPolicy(s) => {
+            if let Some(p) = GENERATED_POLICY_PREFIXES
+                .iter()
+                .find(|p| r.meta.name.starts_with(**p))
+            {
+                v.err(
+                    "metadata.name",
+                    format!("names starting with `{p}` are reserved for the policies Spar generates; rename this policy"),
+                );
+            }
+            v.authorization_policy(s)
+        }
         Spec::PeerAuthentication(s) => v.peer_authentication(s),
         Spec::RequestAuthentication(s) => v.request_authentication(s),
         Spec::Service(s) => v.service(s),
@@ -391,6 +407,22 @@ mod tests {
     fn vs(http: Value) -> Value {
         json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "r"}, "spec": {"hosts": ["reviews"], "http": http}})
+    }
+
+    #[test]
+    fn generated_policy_names_are_reserved() {
+        let ap = |name: &str| {
+            issues(
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "a"}, "spec": {}}),
+            )
+        };
+        for name in ["spar-peer-authentication-web", "spar-waypoint-only-a-wp"] {
+            let found = ap(name);
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+            assert!(found[0].1.contains("reserved"), "{found:?}");
+        }
+        assert!(ap("spar-allow").is_empty());
     }
 
     #[test]

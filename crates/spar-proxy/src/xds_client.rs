@@ -85,7 +85,8 @@ async fn session(
             req.metadata_mut().insert("authorization", bearer.clone());
             Ok(req)
         },
-    );
+    )
+    .max_decoding_message_size(spar_xds::MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(16);
     let types: &[&str] = if l7 {
         &[
@@ -121,21 +122,45 @@ async fn session(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     tracing::info!(addr = %control.addr, "xDS stream open");
+    // Parts of a split delta, by type, kept until the last one: the delta is applied whole
+    // or not at all, as one response would be.
+    let mut parts: HashMap<String, DeltaDiscoveryResponse> = HashMap::new();
     while let Some(resp) = stream
         .message()
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
     {
+        if resp.system_version_info.ends_with(spar_xds::MORE_FOLLOWS) {
+            let ack = DeltaDiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                ..Default::default()
+            };
+            let whole = parts.entry(resp.type_url.clone()).or_default();
+            whole.resources.extend(resp.resources);
+            whole.removed_resources.extend(resp.removed_resources);
+            tx.send(ack).await.map_err(|e| e.to_string())?;
+            continue;
+        }
+        let resp = match parts.remove(&resp.type_url) {
+            Some(mut whole) => {
+                whole.resources.extend(resp.resources);
+                whole.removed_resources.extend(resp.removed_resources);
+                DeltaDiscoveryResponse {
+                    system_version_info: resp.system_version_info,
+                    type_url: resp.type_url,
+                    nonce: resp.nonce,
+                    ..whole
+                }
+            }
+            None => resp,
+        };
         let ack = match apply(held, &resp) {
             Ok(problems) => {
-                // A split delta is served from once its last part is in.
-                let complete = !resp.system_version_info.ends_with(spar_xds::MORE_FOLLOWS);
-                if complete {
-                    held.seen.insert(resp.type_url.clone());
-                }
+                held.seen.insert(resp.type_url.clone());
                 // Nothing is served before every subscribed type has arrived: a pod must
                 // never be served in a window without its policies.
-                if complete && types.iter().all(|t| held.seen.contains(*t)) {
+                if types.iter().all(|t| held.seen.contains(*t)) {
                     *generation += 1;
                     let next = Snapshot::build(
                         held.workloads.clone(),

@@ -43,6 +43,9 @@ pub const POLICY_TYPE: &str = "type.googleapis.com/spar.l7.v1.Policy";
 /// applies it and waits for the rest before serving from it (Spar's control plane splits large
 /// deltas so that no stream's send buffer grows to the size of a whole mesh).
 pub const MORE_FOLLOWS: &str = "+more";
+/// The largest xDS message either side decodes (tonic's default is 4 MB): a reconnecting
+/// proxy's request lists every version it holds, about 6 MB at 100,000 pods.
+pub const MAX_MESSAGE: usize = 64 << 20;
 /// The name of a proxy's one telemetry resource.
 pub const TELEMETRY_NAME: &str = "telemetry";
 
