@@ -195,7 +195,13 @@ impl DirFiles {
             errors.extend(l.errors().cloned());
         }
         // Defined twice: in two changed files, or in a changed file and one that stays.
-        let leaving: BTreeSet<&PathBuf> = changed.iter().chain(&removed).collect();
+        // Origins name files as `parse_one` displayed them (lossy for names that are not UTF-8,
+        // so compared as displayed, not turned back into paths).
+        let leaving: BTreeSet<String> = changed
+            .iter()
+            .chain(&removed)
+            .map(|f| f.display().to_string())
+            .collect();
         let mut incoming: BTreeMap<ResourceKey, &Origin> = BTreeMap::new();
         for (r, origin) in parsed.iter().flat_map(|l| &l.resources) {
             let k = r.key();
@@ -203,7 +209,7 @@ impl DirFiles {
                 self.resources
                     .get(&k)
                     .map(|(_, o)| o)
-                    .filter(|o| !leaving.contains(&PathBuf::from(&o.file)))
+                    .filter(|o| !leaving.contains(&o.file))
             });
             if let Some(first) = earlier {
                 errors.push(Problem {
