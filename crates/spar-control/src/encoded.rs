@@ -115,6 +115,23 @@ pub fn is_generated(key: &str) -> bool {
 }
 
 impl Xds {
+    /// Record the policies workload `uid` lists (none: forget it), keeping `listers` counted.
+    pub fn set_listed(&mut self, uid: &Arc<str>, policies: &[String]) {
+        if let Some(old) = self.listed.remove(&**uid) {
+            for p in old.iter().filter(|p| is_generated(p)) {
+                self.count_lister(p, false);
+            }
+        }
+        if policies.is_empty() {
+            return;
+        }
+        let listed: Vec<Arc<str>> = policies.iter().map(|p| Arc::from(p.as_str())).collect();
+        for p in listed.iter().filter(|p| is_generated(p)) {
+            self.count_lister(p, true);
+        }
+        self.listed.insert(uid.clone(), Arc::new(listed));
+    }
+
     /// Count one more (`up`) or one fewer workload listing the generated policy `key`; the
     /// count is dropped at zero. Returns the count after.
     pub fn count_lister(&mut self, key: &Arc<str>, up: bool) -> usize {
@@ -150,18 +167,8 @@ impl Xds {
         let mut by_namespace: BTreeMap<String, BTreeSet<Arc<str>>> = BTreeMap::new();
         for (name, a) in &t.addresses {
             let name: Arc<str> = name.as_str().into();
-            if let Some(spar_xds::workload::address::Type::Workload(w)) = &a.r#type
-                && !w.authorization_policies.is_empty()
-            {
-                let listed: Vec<Arc<str>> = w
-                    .authorization_policies
-                    .iter()
-                    .map(|p| Arc::from(p.as_str()))
-                    .collect();
-                for p in listed.iter().filter(|p| is_generated(p)) {
-                    x.count_lister(p, true);
-                }
-                x.listed.insert(name.clone(), Arc::new(listed));
+            if let Some(spar_xds::workload::address::Type::Workload(w)) = &a.r#type {
+                x.set_listed(&name, &w.authorization_policies);
             }
             x.addresses.insert(name, encode(ADDRESS_TYPE, a));
         }

@@ -221,10 +221,7 @@ fn pod_updates(
     for (ns, name) in pods {
         let uid: Arc<str> = format!("{}//Pod/{ns}/{name}", reg.mesh.cluster_id).into();
         if let Some(old) = prev.listed.get(&uid) {
-            for key in old.iter().filter(|k| is_generated(k)) {
-                x.count_lister(key, false);
-                listed_before.insert(key.clone());
-            }
+            listed_before.extend(old.iter().filter(|k| is_generated(k)).cloned());
         }
         for r in [prev_reg, reg] {
             if let Some(p) = r.pod(ns, name) {
@@ -238,28 +235,14 @@ fn pod_updates(
         let out = reg.pod(ns, name).and_then(|p| pod_output(reg, &p));
         let Some(out) = out else {
             put_address(prev, x, names, uid.clone(), None);
-            x.listed.remove(&*uid);
+            x.set_listed(&uid, &[]);
             continue;
         };
-        let spar_xds::workload::Address {
-            r#type: Some(spar_xds::workload::address::Type::Workload(w)),
-        } = &out.address
-        else {
-            continue;
+        let listed = match &out.address.r#type {
+            Some(spar_xds::workload::address::Type::Workload(w)) => &w.authorization_policies[..],
+            _ => &[],
         };
-        if w.authorization_policies.is_empty() {
-            x.listed.remove(&*uid);
-        } else {
-            let listed: Vec<Arc<str>> = w
-                .authorization_policies
-                .iter()
-                .map(|p| Arc::from(p.as_str()))
-                .collect();
-            for p in listed.iter().filter(|p| is_generated(p)) {
-                x.count_lister(p, true);
-            }
-            x.listed.insert(uid.clone(), Arc::new(listed));
-        }
+        x.set_listed(&uid, listed);
         put_address(
             prev,
             x,
