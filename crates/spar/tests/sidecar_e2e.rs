@@ -249,6 +249,7 @@ fn protocols(state: &Path) {
             .is_some_and(|s| s.starts_with(&format!("{client_ip}:"))),
         "{t}"
     );
+    app_leg_mss(state, &client_ip);
     let bad = "GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n";
     let out = exec(
         state,
@@ -266,6 +267,63 @@ fn protocols(state: &Path) {
         "server-first hung: {:?}",
         t.elapsed()
     );
+}
+
+/// The sidecar's connections to its app carry the client's address, and their replies are
+/// routed back over loopback: they must also run at loopback's segment size (the app's SYN-ACK
+/// chose 1448 bytes, the pod link's, before `tcp_fwmark_accept` was set in captured pods).
+/// The inbound sidecar keeps its connections to the app pooled after a request, so they can
+/// be read with `ss` in the apps' namespaces.
+fn app_leg_mss(state: &Path, client_ip: &str) {
+    let s = client(state, "http://reviews:9080/", &["--count", "6"]);
+    assert_eq!(count(&s, "by_status", "200"), 6, "{s}");
+    let pods = state_json(state)["plan"]["pods"].clone();
+    let mut mss = Vec::new();
+    for p in pods.as_array().into_iter().flatten() {
+        if !p["name"].as_str().is_some_and(|n| n.starts_with("reviews")) {
+            continue;
+        }
+        let netns = p["netns"].as_str().expect("netns");
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "ss",
+                "-tinH",
+                "state",
+                "established",
+            ])
+            .args(["( sport = :9080 )"])
+            .output()
+            .expect("ss");
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = t.lines().collect();
+        for pair in lines.chunks(2) {
+            let [head, info] = pair else { continue };
+            // The apps listen on `[::]`: their side shows `[::ffff:IP]:PORT`.
+            if !(head.contains(&format!("{client_ip}:"))
+                || head.contains(&format!("{client_ip}]:")))
+            {
+                continue;
+            }
+            let m = info
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("mss:"))
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("no mss in {info}"));
+            mss.push(m);
+        }
+    }
+    assert!(
+        !mss.is_empty(),
+        "no pooled connection from a sidecar to a reviews app"
+    );
+    assert!(
+        mss.iter().all(|m| *m > 16_000),
+        "the app leg runs in small segments: mss {mss:?}"
+    );
+    println!("app leg: {} pooled connections, mss {mss:?}", mss.len());
 }
 
 fn request_routing(state: &Path) {
