@@ -326,6 +326,7 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    crate::alloc::watch_runtime(rt.handle().clone(), usize::from(workers));
     rt.block_on(async move {
         let proxy = Proxy::new(opts)?;
         match which {
