@@ -5,18 +5,19 @@
 //!
 //! mimalloc hands freed memory back to the kernel a second after it was freed, but only when
 //! it is next called: a proxy that goes idle after a burst (a bulk transfer) kept the burst's
-//! memory for good. A background thread asks it to give back what is free every few seconds,
+//! memory for good. A background thread asks it to give back what is free every second,
 //! and each runtime worker, as it goes idle, hands back the pages it emptied (a thread's own
 //! pages can only be collected by that thread), at most once a second. A worker's last park
 //! after a burst usually falls inside that second, and an idle worker does not park again: the
 //! purging thread then wakes the runtime's workers with a no-op task each, and each collects
-//! as it parks again (8 parallel bulk transfers left 47 MB private in an idle node proxy for
-//! 10-20 s without this).
+//! as it parks again, and twice more a second apart (only a collection after mimalloc's
+//! one-second purge delay hands the freed pages to the kernel). Without this, 8 parallel bulk
+//! transfers left 47 MB private in an idle node proxy for 10-20 s.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -25,9 +26,16 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How often freed memory is handed back, and idle workers with pages to collect are woken.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
 
+/// Wake-ups after the one that answers a skipped collection.
+const FOLLOW_UPS: u8 = 2;
+
 /// A worker skipped its collection (too soon after the last one) since the purging thread
 /// last looked.
 static SKIPPED: AtomicBool = AtomicBool::new(false);
+
+/// Counts the purging thread's wake-ups: a worker that has not collected since the last one
+/// collects when it next parks.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// The proxy's runtime and its worker count, for waking idle workers.
 static RUNTIME: OnceLock<(tokio::runtime::Handle, usize)> = OnceLock::new();
@@ -38,14 +46,24 @@ pub fn start_purging() {
     let spawned = std::thread::Builder::new()
         .name("mem-purge".into())
         .spawn(|| {
+            // Wake-ups still owed: a collection frees a worker's pages, and only a later one,
+            // once mimalloc's purge delay (a second) has passed, hands them to the kernel.
+            let mut owed = 0u8;
             loop {
                 std::thread::sleep(PURGE_EVERY);
-                if SKIPPED.swap(false, Ordering::Relaxed)
+                if SKIPPED.swap(false, Ordering::Relaxed) {
+                    owed = FOLLOW_UPS + 1;
+                }
+                if owed > 0
                     && let Some((rt, workers)) = RUNTIME.get()
                 {
-                    // Each task wakes a parked worker, which collects when it parks again.
+                    owed -= 1;
+                    // Every worker that parks after this collects, whatever its last
+                    // collection; the tasks wake parked workers (the first one woken
+                    // wakes another to share the work, and each parks again).
+                    EPOCH.fetch_add(1, Ordering::Relaxed);
                     for _ in 0..*workers {
-                        rt.spawn(async { FORCE.with(|f| f.set(true)) });
+                        rt.spawn(async {});
                     }
                 }
                 // SAFETY: mi_collect takes no pointers and may be called from any thread at any
@@ -63,8 +81,8 @@ const WORKER_COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
     static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// The purging thread woke this worker to collect: do it at the next park.
-    static FORCE: Cell<bool> = const { Cell::new(false) };
+    /// The purging thread's wake-up this worker last collected for.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Let the purging thread wake this runtime's workers when one skipped a collection.
@@ -77,7 +95,8 @@ pub fn watch_runtime(rt: tokio::runtime::Handle, workers: usize) {
 pub fn on_worker_park() {
     LAST_COLLECT.with(|last| {
         let now = Instant::now();
-        let forced = FORCE.with(|f| f.replace(false));
+        let epoch = EPOCH.load(Ordering::Relaxed);
+        let forced = SEEN.with(|seen| seen.replace(epoch) != epoch);
         if !forced
             && last
                 .get()
