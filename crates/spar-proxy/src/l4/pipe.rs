@@ -33,6 +33,11 @@ use crate::h2stream::{self, H2Stream, SendHalf};
 /// no better than 256 KiB), at less CPU per byte. Only a busy connection holds a buffer.
 const CHUNK: usize = 256 * 1024;
 
+/// What a TCP leg reads at first: a connection of small messages never takes (and frees) a
+/// bulk-sized buffer per message; a read that fills its buffer grows the size fourfold, up to
+/// `CHUNK`, for the rest of the connection.
+const FIRST_CHUNK: usize = 16 * 1024;
+
 /// One side of a relayed connection.
 pub enum Leg {
     Tcp(TcpStream),
@@ -145,6 +150,7 @@ impl Side {
                     Source::Tcp {
                         r,
                         buf: BytesMut::new(),
+                        size: FIRST_CHUNK,
                     },
                     Sink::Tcp(w),
                 )
@@ -170,6 +176,8 @@ enum Source<'a> {
     Tcp {
         r: ReadHalf<'a>,
         buf: BytesMut,
+        /// How much to read at once (grows from `FIRST_CHUNK` to `CHUNK`).
+        size: usize,
     },
     Tunnel {
         recv: &'a mut RecvStream,
@@ -185,19 +193,26 @@ impl Source<'_> {
     /// The next chunk, or None at the end of the stream.
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         match self {
-            Source::Tcp { r, buf } => loop {
-                if buf.capacity() - buf.len() < CHUNK / 4 {
-                    buf.reserve(CHUNK);
+            Source::Tcp { r, buf, size } => loop {
+                let want = *size;
+                if buf.capacity() - buf.len() < want / 4 {
+                    buf.reserve(want);
                 }
+                let room = buf.capacity() - buf.len();
                 match r.try_read_buf(buf) {
                     Ok(0) => return Ok(None),
-                    // A small chunk may wait in h2's queue: it must not pin a whole buffer.
-                    Ok(n) if n < CHUNK / 4 => {
-                        let chunk = Bytes::copy_from_slice(buf);
-                        buf.clear();
-                        return Ok(Some(chunk));
+                    Ok(n) => {
+                        if n == room {
+                            *size = (want * 4).min(CHUNK);
+                        }
+                        // A small chunk may wait in h2's queue: it must not pin a whole buffer.
+                        if n < want / 4 {
+                            let chunk = Bytes::copy_from_slice(buf);
+                            buf.clear();
+                            return Ok(Some(chunk));
+                        }
+                        return Ok(Some(buf.split().freeze()));
                     }
-                    Ok(_) => return Ok(Some(buf.split().freeze())),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Drained: let the buffer go while the socket is idle.
                         *buf = BytesMut::new();
@@ -318,6 +333,36 @@ mod tests {
         assert!(app_side == data, "every byte came back, in order");
         assert_eq!(moved.a_to_b.load(Ordering::Relaxed), data.len() as u64);
         assert_eq!(moved.b_to_a.load(Ordering::Relaxed), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_leg_reads_small_first_and_grows_while_reads_fill_the_buffer() {
+        let (mut app, mut leg) = tcp_pair().await;
+        let writer = tokio::spawn(async move {
+            // Ends with an error once the test drops its end; only the first bytes matter.
+            let _ = app.write_all(&vec![1u8; 2 << 20]).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (r, _w) = leg.split();
+        let mut src = Source::Tcp {
+            r,
+            buf: BytesMut::new(),
+            size: FIRST_CHUNK,
+        };
+        let mut lens = Vec::new();
+        for _ in 0..3 {
+            let chunk = src.next().await.expect("read").expect("data");
+            lens.push(chunk.len());
+        }
+        assert!(lens[0] <= FIRST_CHUNK, "{lens:?}");
+        assert!(
+            lens[1] > FIRST_CHUNK && lens[1] <= 4 * FIRST_CHUNK,
+            "{lens:?}"
+        );
+        assert!(lens[2] > 4 * FIRST_CHUNK && lens[2] <= CHUNK, "{lens:?}");
+        drop(src);
+        drop(leg);
+        let _ = writer.await;
     }
 
     #[tokio::test]
