@@ -165,11 +165,13 @@ pub fn install(netns: &str, c: &Capture) -> Result<(), Error> {
 /// app ran in 1448-byte segments with an ACK for every two: 3.5 -> 3.75 Gb/s on the bench's
 /// sidecar bulk. Connections that do not come from the proxy carry no mark and are unchanged.
 fn accept_marks(netns: &str, on: bool) -> Result<(), Error> {
-    let script = format!(
-        "echo {} > /proc/sys/net/ipv4/tcp_fwmark_accept",
-        u8::from(on)
-    );
-    run("ip", &["netns", "exec", netns, "sh", "-c", &script], None)
+    let kv = format!("net.ipv4.tcp_fwmark_accept={}", u8::from(on));
+    // As the box sets its namespaces' sysctls (spar-box `net.rs`).
+    run(
+        "ip",
+        &["netns", "exec", netns, "sysctl", "-q", "-w", &kv],
+        None,
+    )
 }
 
 /// Remove capture; the pod is back to plain networking.
