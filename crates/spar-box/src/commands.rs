@@ -307,7 +307,7 @@ pub fn label_namespace(
         if let Some(k) = c.strip_suffix('-') {
             labels.remove(k);
         } else if let Some((k, v)) = c.split_once('=') {
-            labels.insert(k.to_string(), v.to_string());
+            labels.insert(k.into(), v.into());
         } else {
             return Err(Error::Invalid(format!(
                 "label change {c:?}: use KEY=VALUE or KEY-"

@@ -100,7 +100,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
                 out.extend(unit(resources, r.namespace(), &name, labels, &ports)?);
             }
             Spec::Gateway(g)
-                if g.selector.get("istio").map(String::as_str) == Some("ingressgateway")
+                if g.selector.get("istio").map(|v| v.as_str()) == Some("ingressgateway")
                     && !resources.iter().chain(&out).any(|d| matches!(&d.spec,
                         Spec::Deployment(dep) if labels_match(&g.selector, &dep.template.metadata.labels))) =>
             {
@@ -129,7 +129,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
 
 /// Whether a planned pod is an ingress gateway's.
 pub fn is_ingress(pod: &PodPlan) -> bool {
-    pod.containers.is_empty() && pod.labels.get(ROLE_LABEL).map(String::as_str) == Some("ingress")
+    pod.containers.is_empty() && pod.labels.get(ROLE_LABEL).map(|v| v.as_str()) == Some("ingress")
 }
 
 /// The listeners of an ingress pod: each port of the gateways that select it, HTTPS ones
@@ -141,7 +141,7 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
             Spec::K8sGateway(g)
                 if g.gateway_class_name == CLASS
                     && r.namespace() == pod.namespace
-                    && pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(r.name()) =>
+                    && pod.labels.get(GATEWAY_NAME_LABEL).map(|v| v.as_str()) == Some(r.name()) =>
             {
                 for l in &g.listeners {
                     let secret = (l.protocol == "HTTPS")

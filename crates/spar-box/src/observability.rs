@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use spar_model::{Kind, Labels, Resource};
+use spar_model::{Annotations, Kind, Labels, Resource};
 
 use crate::Error;
 use crate::plan::{Plan, PodPlan};
@@ -45,7 +45,7 @@ pub fn dir(root: &Path) -> PathBuf {
 /// Istio's injector on a sidecar pod's annotations: unless the pod opted out
 /// (`prometheus.io/scrape: "false"`), scraping goes to the proxy's merged endpoint, and what
 /// the application asked for (scrape true with a port) is returned for the proxy to fetch.
-pub fn inject_annotations(annotations: &mut Labels) -> Option<(u16, String)> {
+pub fn inject_annotations(annotations: &mut Annotations) -> Option<(u16, String)> {
     if annotations.get(SCRAPE).is_some_and(|v| v == "false") {
         return None;
     }
@@ -129,7 +129,7 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
 pub fn is_prometheus(pod: &PodPlan) -> bool {
     pod.labels
         .get(crate::ingress::ROLE_LABEL)
-        .map(String::as_str)
+        .map(|v| v.as_str())
         == Some(ROLE)
 }
 
@@ -196,7 +196,7 @@ fn target(
     name: &str,
     node: &str,
     labels: &Labels,
-    annotations: &Labels,
+    annotations: &Annotations,
 ) -> serde_json::Value {
     let mut meta: BTreeMap<String, String> = BTreeMap::new();
     meta.insert("__meta_kubernetes_namespace".into(), namespace.into());
@@ -206,7 +206,7 @@ fn target(
     for (k, v) in labels {
         meta.insert(
             format!("__meta_kubernetes_pod_label_{}", sanitize(k)),
-            v.clone(),
+            v.to_string(),
         );
     }
     for (k, v) in annotations {
@@ -237,9 +237,9 @@ pub fn targets(plan: &Plan) -> String {
     for n in &plan.nodes {
         let labels: Labels = [("app", "ztunnel"), ("spar.io/proxy", "node")]
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.into(), v.into()))
             .collect();
-        let annotations: Labels = [
+        let annotations: Annotations = [
             (SCRAPE, "true"),
             (SCRAPE_PORT, "15020"),
             (SCRAPE_PATH, "/metrics"),
@@ -308,10 +308,9 @@ pub fn link_to_host(pod: &PodPlan) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// Labels or annotations (`Name` or `String` maps), from pairs.
+    fn labels<T: for<'a> From<&'a str> + Ord>(kv: &[(&str, &str)]) -> BTreeMap<T, T> {
+        kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     }
 
     #[test]
@@ -346,7 +345,7 @@ mod tests {
             let mut a = labels(before);
             let got = inject_annotations(&mut a);
             assert_eq!(got, app.map(|(p, s)| (p, s.to_string())), "{before:?}");
-            assert_eq!(a.get(SCRAPE).map(String::as_str), *scrape, "{before:?}");
+            assert_eq!(a.get(SCRAPE).map(|v| v.as_str()), *scrape, "{before:?}");
             if *scrape == Some("true") {
                 assert_eq!(a[SCRAPE_PORT], "15020");
                 assert_eq!(a[SCRAPE_PATH], "/stats/prometheus");

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use spar_model::k8s::IntOrString;
-use spar_model::{Kind, Labels, Resource, Spec, labels_match};
+use spar_model::{Annotations, Kind, Labels, Resource, Spec, labels_match};
 
 use crate::Error;
 use crate::spec::BoxSpec;
@@ -44,7 +44,7 @@ pub struct PodPlan {
     pub service_account: String,
     pub containers: Vec<ContainerPlan>,
     #[serde(default)]
-    pub annotations: Labels,
+    pub annotations: Annotations,
     /// Always (Deployment), Never or OnFailure (Job).
     #[serde(default = "always")]
     pub restart_policy: String,
@@ -66,7 +66,7 @@ fn always() -> String {
 pub fn injected(ns_labels: Option<&Labels>, pod_labels: &Labels) -> bool {
     let pod = pod_labels
         .get("sidecar.istio.io/inject")
-        .map(String::as_str);
+        .map(|v| v.as_str());
     pod == Some("true")
         || (ns_labels
             .and_then(|l| l.get("istio-injection"))
@@ -164,8 +164,11 @@ pub fn plan(resources: &[Resource], spec: &BoxSpec) -> Result<Plan, Error> {
             }
             let name = format!("{}-{i}", r.name());
             let mut labels = template.metadata.labels.clone();
-            labels.insert("spar.io/deployment".into(), r.name().to_string());
-            let version = labels.get("version").cloned().unwrap_or_default();
+            labels.insert("spar.io/deployment".into(), r.meta.name.clone());
+            let version = labels
+                .get("version")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             let containers = template
                 .spec
                 .containers
@@ -414,9 +417,7 @@ spec:
     #[test]
     fn injection_follows_istio() {
         let l = |kv: &[(&str, &str)]| -> Labels {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
+            kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
         };
         let enabled = l(&[("istio-injection", "enabled")]);
         for (ns, pod, want) in [

@@ -120,7 +120,7 @@ impl BoxState {
     /// The data-plane mode of a namespace, from its labels (Istio's label names).
     pub fn mode(&self, namespace: &str) -> &'static str {
         let labels = self.namespaces.get(namespace);
-        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(|v| v.as_str());
         if get("istio-injection") == Some("enabled") {
             "sidecar"
         } else if get("istio.io/dataplane-mode") == Some("ambient") {

@@ -103,10 +103,10 @@ pub fn gateway_of(pod: &PodPlan) -> Option<&str> {
         && pod
             .labels
             .get(crate::ingress::ROLE_LABEL)
-            .map(String::as_str)
+            .map(|v| v.as_str())
             == Some("waypoint");
     waypoint
-        .then(|| pod.labels.get(GATEWAY_NAME_LABEL).map(String::as_str))
+        .then(|| pod.labels.get(GATEWAY_NAME_LABEL).map(|v| v.as_str()))
         .flatten()
 }
 
@@ -208,7 +208,7 @@ spec:
                 .metadata
                 .labels
                 .get("istio.io/dataplane-mode")
-                .map(String::as_str),
+                .map(|v| v.as_str()),
             Some("none")
         );
     }

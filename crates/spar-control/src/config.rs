@@ -213,7 +213,7 @@ impl ConfigState {
                 && r.kind.namespaced()
                 && r.meta.namespace.as_deref().is_none_or(str::is_empty)
             {
-                r.meta.namespace = Some(ns.to_string());
+                r.meta.namespace = Some(ns.into());
             }
             let key = r.key();
             let warnings: Vec<Problem> = loaded
@@ -268,8 +268,8 @@ impl ConfigState {
             };
             keys.push(ResourceKey {
                 kind,
-                namespace: ns,
-                name: s("/metadata/name"),
+                namespace: ns.into(),
+                name: s("/metadata/name").into(),
             });
         }
         let in_dir = |k: &ResourceKey| lock(&self.dir_files).get(k).is_some();

@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn names(keys: &BTreeSet<ResourceKey>) -> Vec<String> {
-        keys.iter().map(|k| k.name.clone()).collect()
+        keys.iter().map(|k| k.name.to_string()).collect()
     }
 
     /// Steps as an operator makes them; after each, what the poll says and what the

@@ -83,7 +83,7 @@ pub fn apply(
 }
 
 fn ns_name(ns: &str, name: &str) -> NsName {
-    (ns.to_string(), name.to_string())
+    (ns.into(), name.into())
 }
 
 /// Pods an AuthorizationPolicy's selector selects (its namespace's; every namespace's for the
@@ -167,10 +167,10 @@ fn policy(reg: &Registry, k: &ResourceKey, x: &mut Xds, names: &mut Names) {
     });
     let old = x.authorizations.remove(&*key);
     Arc::make_mut(&mut x.global).remove(&key);
-    if let Some(set) = Arc::make_mut(&mut x.by_namespace).get_mut(&k.namespace) {
+    if let Some(set) = Arc::make_mut(&mut x.by_namespace).get_mut(k.namespace.as_str()) {
         set.remove(&key);
         if set.is_empty() {
-            Arc::make_mut(&mut x.by_namespace).remove(&k.namespace);
+            Arc::make_mut(&mut x.by_namespace).remove(k.namespace.as_str());
         }
     }
     let Some(a) = new else {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use spar_model::k8s::{PodSpec, PodStatus, ServiceSpec};
-use spar_model::{Kind, Labels, Resource, ResourceKey, Spec, labels_match};
+use spar_model::{Annotations, Kind, Labels, Name, Resource, ResourceKey, Spec, labels_match};
 
 use crate::pmap::PMap;
 
@@ -59,7 +59,7 @@ pub struct Pod<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub labels: &'a Labels,
-    pub annotations: &'a Labels,
+    pub annotations: &'a Annotations,
     pub spec: &'a PodSpec,
     pub status: &'a PodStatus,
     pub ip: Option<IpAddr>,
@@ -83,7 +83,7 @@ impl Pod<'_> {
 }
 
 /// `(namespace, name)`.
-pub type NsName = (String, String);
+pub type NsName = (Name, Name);
 
 /// A pod resource with what is derived from it once.
 #[derive(Debug)]
@@ -119,16 +119,16 @@ pub struct Registry {
     kinds: std::collections::BTreeMap<Kind, PMap<ResourceKey, Arc<Resource>>>,
     pods: PMap<NsName, Arc<PodEntry>>,
     /// (namespace, label key, label value) -> pod names.
-    pods_by_label: PMap<(String, String, String), Set<String>>,
-    pods_by_node: PMap<String, Set<NsName>>,
+    pods_by_label: PMap<(Name, Name, Name), Set<Name>>,
+    pods_by_node: PMap<Name, Set<NsName>>,
     pods_by_ip: PMap<IpAddr, Set<NsName>>,
     /// Namespaces that hold pods, with how many.
-    pod_namespaces: Arc<std::collections::BTreeMap<String, usize>>,
+    pod_namespaces: Arc<std::collections::BTreeMap<Name, usize>>,
     /// Services by selector (selector-less ones select nothing and are not indexed).
     services_by_selector: Arc<SelectorIndex>,
     services_by_vip: PMap<IpAddr, Set<NsName>>,
     /// Service -> the names of the pods it selects (same namespace).
-    endpoints: PMap<NsName, Set<String>>,
+    endpoints: PMap<NsName, Set<Name>>,
     /// AuthorizationPolicies with a `selector`.
     policies_by_selector: Arc<SelectorIndex>,
 }
@@ -192,8 +192,8 @@ impl Registry {
     pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
         self.get(&ResourceKey {
             kind: Kind::Namespace,
-            namespace: String::new(),
-            name: ns.to_string(),
+            namespace: Name::default(),
+            name: ns.into(),
         })
         .map(|r| &r.meta.labels)
     }
@@ -208,9 +208,11 @@ impl Registry {
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod<'_>> {
-        self.pods
-            .get(&(namespace.to_string(), name.to_string()))
-            .and_then(|e| e.pod())
+        self.pod_by_id(&(namespace.into(), name.into()))
+    }
+
+    fn pod_by_id(&self, id: &NsName) -> Option<Pod<'_>> {
+        self.pods.get(id).and_then(|e| e.pod())
     }
 
     /// Pods scheduled on `node`, by (namespace, name).
@@ -219,7 +221,7 @@ impl Registry {
             .get(node)
             .into_iter()
             .flat_map(|s| s.iter())
-            .filter_map(|(ns, n)| self.pod(ns, n))
+            .filter_map(|id| self.pod_by_id(id))
     }
 
     /// Pods whose IP is `ip` (normally one).
@@ -228,12 +230,12 @@ impl Registry {
             .get(&ip)
             .into_iter()
             .flat_map(|s| s.iter())
-            .filter_map(|(ns, n)| self.pod(ns, n))
+            .filter_map(|id| self.pod_by_id(id))
     }
 
     /// Namespaces that hold at least one pod, in order.
     pub fn pod_namespaces(&self) -> impl Iterator<Item = &str> {
-        self.pod_namespaces.keys().map(String::as_str)
+        self.pod_namespaces.keys().map(Name::as_str)
     }
 
     /// Pods of `ns` whose labels match `selector` (all of the namespace's for an empty one),
@@ -244,11 +246,12 @@ impl Registry {
             all.sort_by(|a, b| a.name.cmp(b.name));
             return all;
         };
+        let ns = Name::from(ns);
         self.pods_by_label
-            .get(&(ns.to_string(), k.clone(), v.clone()))
+            .get(&(ns.clone(), k.clone(), v.clone()))
             .into_iter()
             .flat_map(|s| s.iter())
-            .filter_map(|n| self.pod(ns, n))
+            .filter_map(|n| self.pod_by_id(&(ns.clone(), n.clone())))
             .filter(|p| labels_match(selector, p.labels))
             .collect()
     }
@@ -267,8 +270,8 @@ impl Registry {
     pub fn service(&self, namespace: &str, name: &str) -> Option<(&Resource, &ServiceSpec)> {
         let r = self.get(&ResourceKey {
             kind: Kind::Service,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         })?;
         match &r.spec {
             Spec::Service(s) => Some((r, s)),
@@ -291,12 +294,12 @@ impl Registry {
         svc: &'a Resource,
         _spec: &'a ServiceSpec,
     ) -> impl Iterator<Item = Pod<'a>> + 'a {
-        let ns = svc.namespace();
+        let ns = svc.namespace_name();
         self.endpoints
-            .get(&(ns.to_string(), svc.name().to_string()))
+            .get(&(ns.clone(), svc.meta.name.clone()))
             .into_iter()
             .flat_map(|s| s.iter())
-            .filter_map(move |n| self.pod(ns, n))
+            .filter_map(move |n| self.pod_by_id(&(ns.clone(), n.clone())))
     }
 
     /// The Services that select `pod`, by name.
@@ -337,7 +340,7 @@ impl Registry {
     pub fn dataplane_mode(&self, pod: &Pod<'_>) -> DataplaneMode {
         let ns = self.namespace_labels(pod.namespace);
         fn get<'a>(l: Option<&'a Labels>, k: &str) -> Option<&'a str> {
-            l.and_then(|l| l.get(k)).map(String::as_str)
+            l.and_then(|l| l.get(k)).map(Name::as_str)
         }
         let pod_inject = get(Some(pod.labels), "sidecar.istio.io/inject");
         if pod_inject == Some("true")
@@ -356,7 +359,7 @@ impl Registry {
     /// True when `ns` holds at least one pod scheduled on `node`.
     pub fn namespace_on_node(&self, ns: &str, node: &str) -> bool {
         self.pods_by_node.get(node).is_some_and(|s| {
-            s.range((ns.to_string(), String::new())..)
+            s.range((Name::from(ns), Name::default())..)
                 .next()
                 .is_some_and(|(n, _)| n == ns)
         })

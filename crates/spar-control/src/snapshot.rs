@@ -114,7 +114,7 @@ impl Snapshot {
         let prefix = format!("{}//Pod/", registry.mesh.cluster_id);
         let workloads = names.addresses.iter().filter_map(|n| {
             let (ns, name) = n.strip_prefix(&prefix)?.split_once('/')?;
-            Some((ns.to_string(), name.to_string()))
+            Some((ns.into(), name.into()))
         });
         let touched: BTreeSet<NsName> = changes.pods.iter().cloned().chain(workloads).collect();
         for (ns, name) in &touched {

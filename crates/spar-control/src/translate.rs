@@ -206,7 +206,10 @@ pub fn workload_uid(reg: &Registry, p: &Pod<'_>) -> String {
 
 fn workload(reg: &Registry, p: &Pod<'_>) -> xw::Workload {
     let mode = reg.dataplane_mode(p);
-    let label = |keys: &[&str]| keys.iter().find_map(|k| p.labels.get(*k).cloned());
+    let label = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| p.labels.get(*k).map(|v| v.to_string()))
+    };
     let mut services = BTreeMap::new();
     for (r, spec) in reg.services_selecting(p) {
         let ports = spec

@@ -44,9 +44,9 @@ pub fn touched(changes: &Changes, view: &ProxyView, type_url: &str) -> Touched {
     };
     let own_changed = match view {
         ProxyView::Node(n) => changes.nodes.contains(n),
-        ProxyView::Workload { namespace, name } => {
-            changes.pods.contains(&(namespace.clone(), name.clone()))
-        }
+        ProxyView::Workload { namespace, name } => changes
+            .pods
+            .contains(&(namespace.as_str().into(), name.as_str().into())),
     };
     let sidecar = matches!(view, ProxyView::Workload { .. });
     let kinds = |ks: &[Kind]| ks.iter().any(|k| changes.kinds.contains(k));

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{LabelSelector, Labels, ObjectMeta, Unsupported, model};
+use crate::meta::{LabelSelector, Labels, Name, ObjectMeta, Unsupported, model};
 
 model! {
     pub struct ServiceSpec {
@@ -76,10 +76,11 @@ model! {
 
 model! {
     pub struct PodSpec {
-        pub service_account_name: Option<String>,
-        pub service_account: Option<String>,
+        // Interned: every replica of a workload repeats its account, every pod of a node its name.
+        pub service_account_name: Option<Name>,
+        pub service_account: Option<Name>,
         pub containers: Vec<Container>,
-        pub node_name: Option<String>,
+        pub node_name: Option<Name>,
         pub termination_grace_period_seconds: Option<u64>,
         pub restart_policy: Option<String>,
         pub init_containers: Unsupported,

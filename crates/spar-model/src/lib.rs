@@ -10,12 +10,14 @@ pub mod istio;
 pub mod k8s;
 pub mod load;
 pub mod meta;
+pub mod name;
 pub mod problem;
 pub mod resource;
 pub mod validate;
 pub mod yaml;
 
 pub use load::{Limits, Loaded, Origin, load_paths, load_str};
-pub use meta::{Labels, ObjectMeta, labels_match};
+pub use meta::{Annotations, Labels, ObjectMeta, labels_match};
+pub use name::Name;
 pub use problem::{Problem, Severity};
 pub use resource::{Kind, Resource, ResourceKey, Spec};

@@ -256,6 +256,7 @@ pub fn collect_files(p: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Name;
 
     #[test]
     fn problems_carry_file_line_kind_and_field() {
@@ -326,5 +327,28 @@ mod tests {
             "{:?}",
             l.problems
         );
+    }
+
+    #[test]
+    fn namespaces_and_labels_of_loaded_pods_are_shared() {
+        // Every pod of a workload repeats its namespace and labels: loaded, they are one
+        // allocation each, and the resource key shares the metadata's.
+        let pod = |n: u32| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{n}, namespace: shared-ns, labels: {{app: shared-app}}}}\nspec: {{containers: [{{name: c}}]}}\n---\n"
+            )
+        };
+        let l = load_str("p.yaml", &(pod(1) + &pod(2)));
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        let [(a, _), (b, _)] = &l.resources[..] else {
+            panic!("two pods: {:?}", l.resources.len())
+        };
+        let ns = |r: &Resource| r.meta.namespace.clone().expect("a namespace");
+        assert!(Name::ptr_eq(&ns(a), &ns(b)));
+        let (ka, va) = a.meta.labels.first_key_value().expect("a label");
+        let (kb, vb) = b.meta.labels.first_key_value().expect("a label");
+        assert!(Name::ptr_eq(ka, kb) && Name::ptr_eq(va, vb));
+        assert!(Name::ptr_eq(&a.key().namespace, &ns(a)));
+        assert!(Name::ptr_eq(&a.key().name, &a.meta.name));
     }
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::name::Name;
+
 /// Derives for every config struct: camelCase field names as in Istio and Kubernetes YAML,
 /// every field optional (`default`), and unknown fields rejected by name.
 macro_rules! model {
@@ -16,7 +18,11 @@ macro_rules! model {
 }
 pub(crate) use model;
 
-pub type Labels = BTreeMap<String, String>;
+/// Labels and selectors: interned, as every pod of a workload repeats them.
+pub type Labels = BTreeMap<Name, Name>;
+
+/// Annotations: free text, often unique per object, so not interned.
+pub type Annotations = BTreeMap<String, String>;
 
 /// A field Spar accepts but does not act on; validation warns when it is set.
 pub type Unsupported = Option<serde_json::Value>;
@@ -24,10 +30,10 @@ pub type Unsupported = Option<serde_json::Value>;
 model! {
     /// `metadata` of any object.
     pub struct ObjectMeta {
-        pub name: String,
-        pub namespace: Option<String>,
+        pub name: Name,
+        pub namespace: Option<Name>,
         pub labels: Labels,
-        pub annotations: Labels,
+        pub annotations: Annotations,
         // Written by Kubernetes itself; accepted so that `kubectl get -o yaml` output loads.
         pub uid: Option<String>,
         pub resource_version: Option<String>,
@@ -90,10 +96,10 @@ impl LabelSelector {
     pub fn matches(&self, labels: &Labels) -> bool {
         labels_match(&self.match_labels, labels)
             && self.match_expressions.iter().all(|e| {
-                let v = labels.get(&e.key);
+                let v = labels.get(e.key.as_str());
                 match e.operator.as_str() {
-                    "In" => v.is_some_and(|v| e.values.contains(v)),
-                    "NotIn" => v.is_none_or(|v| !e.values.contains(v)),
+                    "In" => v.is_some_and(|v| e.values.iter().any(|x| v == x)),
+                    "NotIn" => v.is_none_or(|v| !e.values.iter().any(|x| v == x)),
                     "Exists" => v.is_some(),
                     "DoesNotExist" => v.is_none(),
                     _ => false,
@@ -122,7 +128,7 @@ mod tests {
     fn l(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (Name::from(*k), Name::from(*v)))
             .collect()
     }
 

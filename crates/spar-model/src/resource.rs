@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::gateway_api;
 use crate::istio::{networking as net, security as sec, telemetry as tel};
 use crate::k8s;
-use crate::meta::ObjectMeta;
+use crate::meta::{Name, ObjectMeta};
 
 /// Every kind Spar knows, with its API group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -227,8 +227,8 @@ pub struct Resource {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ResourceKey {
     pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl fmt::Display for ResourceKey {
@@ -255,10 +255,18 @@ impl Resource {
         &self.meta.name
     }
 
+    /// The namespace as a shared `Name` (the metadata's own when it is set).
+    pub fn namespace_name(&self) -> Name {
+        match &self.meta.namespace {
+            Some(ns) if self.kind.namespaced() => ns.clone(),
+            _ => Name::intern(self.namespace()),
+        }
+    }
+
     pub fn key(&self) -> ResourceKey {
         ResourceKey {
             kind: self.kind,
-            namespace: self.namespace().to_string(),
+            namespace: self.namespace_name(),
             name: self.meta.name.clone(),
         }
     }
@@ -267,7 +275,7 @@ impl Resource {
     pub fn to_value(&self) -> Value {
         let mut meta = self.meta.clone();
         if self.kind.namespaced() {
-            meta.namespace = Some(self.namespace().to_string());
+            meta.namespace = Some(self.namespace_name());
         }
         let mut obj = serde_json::Map::new();
         obj.insert("apiVersion".into(), self.kind.api_version().into());

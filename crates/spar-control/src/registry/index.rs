@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use spar_model::{Kind, Labels, Resource, ResourceKey, Spec, labels_match};
+use spar_model::{Kind, Labels, Name, Resource, ResourceKey, Spec, labels_match};
 
 use super::{NsName, PodEntry, Registry};
 use crate::pmap::PMap;
@@ -15,31 +15,31 @@ use crate::pmap::PMap;
 /// candidates are looked up by each of its own labels and then matched in full.
 #[derive(Debug, Clone, Default)]
 pub(super) struct SelectorIndex {
-    by_label: HashMap<(String, String, String), BTreeSet<String>>,
+    by_label: HashMap<(Name, Name, Name), BTreeSet<Name>>,
     /// Selectors without labels (they match every pod of their namespace).
-    match_all: BTreeMap<String, BTreeSet<String>>,
+    match_all: BTreeMap<Name, BTreeSet<Name>>,
 }
 
 impl SelectorIndex {
-    fn add(&mut self, ns: &str, name: &str, selector: &Labels) {
+    fn add(&mut self, ns: &Name, name: &Name, selector: &Labels) {
         match selector.iter().next() {
             Some((k, v)) => self
                 .by_label
-                .entry((ns.to_string(), k.clone(), v.clone()))
+                .entry((ns.clone(), k.clone(), v.clone()))
                 .or_default()
-                .insert(name.to_string()),
+                .insert(name.clone()),
             None => self
                 .match_all
-                .entry(ns.to_string())
+                .entry(ns.clone())
                 .or_default()
-                .insert(name.to_string()),
+                .insert(name.clone()),
         };
     }
 
-    fn remove(&mut self, ns: &str, name: &str, selector: &Labels) {
+    fn remove(&mut self, ns: &Name, name: &Name, selector: &Labels) {
         match selector.iter().next() {
             Some((k, v)) => {
-                let key = (ns.to_string(), k.clone(), v.clone());
+                let key = (ns.clone(), k.clone(), v.clone());
                 if let Some(s) = self.by_label.get_mut(&key) {
                     s.remove(name);
                     if s.is_empty() {
@@ -51,7 +51,7 @@ impl SelectorIndex {
                 if let Some(s) = self.match_all.get_mut(ns) {
                     s.remove(name);
                     if s.is_empty() {
-                        self.match_all.remove(ns);
+                        self.match_all.remove(ns.as_str());
                     }
                 }
             }
@@ -68,13 +68,14 @@ impl SelectorIndex {
     ) -> BTreeSet<NsName> {
         let mut out = BTreeSet::new();
         for n in std::iter::once(ns).chain(also.filter(|a| *a != ns)) {
+            let n = Name::from(n);
             for (k, v) in labels {
-                if let Some(s) = self.by_label.get(&(n.to_string(), k.clone(), v.clone())) {
-                    out.extend(s.iter().map(|x| (n.to_string(), x.clone())));
+                if let Some(s) = self.by_label.get(&(n.clone(), k.clone(), v.clone())) {
+                    out.extend(s.iter().map(|x| (n.clone(), x.clone())));
                 }
             }
-            if let Some(s) = self.match_all.get(n) {
-                out.extend(s.iter().map(|x| (n.to_string(), x.clone())));
+            if let Some(s) = self.match_all.get(n.as_str()) {
+                out.extend(s.iter().map(|x| (n.clone(), x.clone())));
             }
         }
         out
@@ -134,7 +135,7 @@ impl Registry {
     }
 
     fn index_add(&mut self, r: &Arc<Resource>) {
-        let (ns, name) = (r.namespace().to_string(), r.name().to_string());
+        let (ns, name) = (r.namespace_name(), r.meta.name.clone());
         match &r.spec {
             Spec::Pod(spec, status) => {
                 let ip = status.pod_ip.as_deref().and_then(|s| s.parse().ok());
@@ -161,7 +162,7 @@ impl Registry {
                     let svcs: Vec<NsName> = self
                         .services_selecting(&pod)
                         .into_iter()
-                        .map(|(s, _)| (s.namespace().to_string(), s.name().to_string()))
+                        .map(|(s, _)| (s.namespace_name(), s.meta.name.clone()))
                         .collect();
                     for s in svcs {
                         set_add(&mut self.endpoints, s, name.clone());
@@ -175,10 +176,10 @@ impl Registry {
                 }
                 if !spec.selector.is_empty() {
                     Arc::make_mut(&mut self.services_by_selector).add(&ns, &name, &spec.selector);
-                    let pods: BTreeSet<String> = self
+                    let pods: BTreeSet<Name> = self
                         .pods_selected(&ns, &spec.selector)
                         .iter()
-                        .map(|p| p.name.to_string())
+                        .map(|p| Name::from(p.name))
                         .collect();
                     if !pods.is_empty() {
                         self.endpoints.insert(id, Arc::new(pods));
@@ -199,7 +200,7 @@ impl Registry {
     }
 
     fn index_remove(&mut self, r: &Arc<Resource>) {
-        let (ns, name) = (r.namespace().to_string(), r.name().to_string());
+        let (ns, name) = (r.namespace_name(), r.meta.name.clone());
         match &r.spec {
             Spec::Pod(spec, _) => {
                 let id: NsName = (ns.clone(), name.clone());
@@ -230,7 +231,7 @@ impl Registry {
                     let svcs: Vec<NsName> = self
                         .services_selecting(&pod)
                         .into_iter()
-                        .map(|(s, _)| (s.namespace().to_string(), s.name().to_string()))
+                        .map(|(s, _)| (s.namespace_name(), s.meta.name.clone()))
                         .collect();
                     for s in svcs {
                         set_remove(&mut self.endpoints, s, &name);

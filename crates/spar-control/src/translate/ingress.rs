@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use spar_model::gateway_api::GATEWAY_NAME_LABEL;
 use spar_model::istio::networking::VirtualService;
-use spar_model::{Kind, Labels, Resource, Spec, labels_match};
+use spar_model::{Kind, Labels, Name, Resource, Spec, labels_match};
 use spar_xds::l7 as xl7;
 
 use super::gamma;
@@ -51,7 +51,7 @@ pub fn selects(gw: &Resource, namespace: &str, labels: &Labels) -> bool {
     match &gw.spec {
         Spec::K8sGateway(_) => {
             namespace == gw.namespace()
-                && labels.get(GATEWAY_NAME_LABEL).map(String::as_str) == Some(gw.name())
+                && labels.get(GATEWAY_NAME_LABEL).map(Name::as_str) == Some(gw.name())
         }
         Spec::Gateway(g) => !g.selector.is_empty() && labels_match(&g.selector, labels),
         _ => false,
@@ -221,8 +221,8 @@ pub fn visible(reg: &Registry, h: &Host, pod: &Pod<'_>) -> bool {
     };
     reg.get(&spar_model::ResourceKey {
         kind: *kind,
-        namespace: ns.clone(),
-        name: name.clone(),
+        namespace: ns.into(),
+        name: name.into(),
     })
     .is_some_and(|gw| selects(gw, pod.namespace, pod.labels))
 }

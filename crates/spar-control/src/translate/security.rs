@@ -19,8 +19,8 @@ use crate::registry::{Pod, Registry};
 pub fn mesh_config(reg: &Registry) -> MeshConfig {
     reg.get(&spar_model::ResourceKey {
         kind: Kind::ConfigMap,
-        namespace: reg.mesh.root_namespace.clone(),
-        name: mesh::CONFIGMAP.to_string(),
+        namespace: reg.mesh.root_namespace.as_str().into(),
+        name: mesh::CONFIGMAP.into(),
     })
     .and_then(|r| match &r.spec {
         Spec::ConfigMap(data) => data.get(mesh::KEY).cloned(),

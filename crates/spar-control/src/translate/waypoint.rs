@@ -8,7 +8,7 @@
 use spar_model::gateway_api::{
     GATEWAY_NAME_LABEL, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE, WAYPOINT_CLASS, WAYPOINT_FOR,
 };
-use spar_model::{Kind, Labels, Resource, Spec, labels_match};
+use spar_model::{Kind, Labels, Name, Resource, Spec, labels_match};
 use spar_xds::security as xsec;
 use spar_xds::workload as xw;
 
@@ -28,8 +28,8 @@ pub enum For {
 pub fn gateway<'a>(reg: &'a Registry, ns: &str, name: &str) -> Option<&'a Resource> {
     reg.get(&spar_model::ResourceKey {
         kind: Kind::K8sGateway,
-        namespace: ns.to_string(),
-        name: name.to_string(),
+        namespace: ns.into(),
+        name: name.into(),
     })
     .filter(|r| matches!(&r.spec, Spec::K8sGateway(g) if g.gateway_class_name == WAYPOINT_CLASS))
 }
@@ -56,7 +56,7 @@ pub fn waypoint_of(
     if name == "none" || name.is_empty() {
         return None;
     }
-    let wp_ns = wp_ns.map(String::as_str).unwrap_or(namespace);
+    let wp_ns = wp_ns.map(Name::as_str).unwrap_or(namespace);
     let gw = gateway(reg, wp_ns, name)?;
     let Spec::K8sGateway(g) = &gw.spec else {
         return None;
@@ -68,13 +68,13 @@ pub fn waypoint_of(
         .meta
         .labels
         .get(WAYPOINT_FOR)
-        .map(String::as_str)
+        .map(Name::as_str)
         .unwrap_or("service");
     let ok = match traffic {
         For::Service => matches!(takes, "service" | "all"),
         For::Workload => matches!(takes, "workload" | "all"),
     };
-    ok.then(|| (wp_ns.to_string(), name.clone()))
+    ok.then(|| (wp_ns.to_string(), name.to_string()))
 }
 
 /// Whether the waypoint's listener admits routes (here: users) from another namespace.
@@ -211,7 +211,7 @@ spec:
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 
