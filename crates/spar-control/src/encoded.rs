@@ -52,11 +52,13 @@ pub struct L7Item {
     pub host: Arc<l7::Host>,
     /// The resolved, encoded routes when they are the same for every pod.
     pub shared: Option<Item>,
+    /// The same for the pods of the waypoint whose routes the host has, when it has some.
+    pub shared_waypoint: Option<Item>,
 }
 
 impl L7Item {
     pub(crate) fn new(host: l7::Host) -> L7Item {
-        let per_source = host.virtual_service.as_ref().is_some_and(|(_, vs)| {
+        let per_source = |vs: &spar_model::istio::networking::VirtualService| {
             vs.http
                 .iter()
                 .flat_map(|r| &r.matches)
@@ -66,22 +68,44 @@ impl L7Item {
                     .iter()
                     .flat_map(|r| &r.matches)
                     .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some())
-        });
-        let shared = (!per_source).then(|| {
+        };
+        let shared = (!host
+            .virtual_service
+            .as_ref()
+            .is_some_and(|(_, vs)| per_source(vs)))
+        .then(|| {
             encode(
                 L7_TYPE,
                 &l7::resolve(&host, "", &spar_model::Labels::default()),
             )
         });
+        let shared_waypoint = host
+            .waypoint_routes
+            .as_ref()
+            .filter(|(_, _, vs)| !per_source(vs))
+            .map(|((ns, name), _, _)| {
+                let labels: spar_model::Labels = [(
+                    spar_model::gateway_api::GATEWAY_NAME_LABEL.into(),
+                    name.as_str().into(),
+                )]
+                .into();
+                encode(L7_TYPE, &l7::resolve(&host, ns, &labels))
+            });
         L7Item {
             host: Arc::new(host),
             shared,
+            shared_waypoint,
         }
     }
 
     /// The routes as the pod in `ns` with `labels` sees them.
     pub fn for_pod(&self, ns: &str, labels: &spar_model::Labels) -> Item {
-        match &self.shared {
+        let shared = if self.host.for_its_waypoint(ns, labels) {
+            &self.shared_waypoint
+        } else {
+            &self.shared
+        };
+        match shared {
             Some(s) => s.clone(),
             None => encode(L7_TYPE, &l7::resolve(&self.host, ns, labels)),
         }

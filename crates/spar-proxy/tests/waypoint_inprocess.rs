@@ -340,3 +340,52 @@ spec:
         .to_string();
     assert!(seen.contains(&span.span_id), "{seen} vs {span:?}");
 }
+
+/// Istio's "Configure waypoint proxies": an HTTPRoute whose `parentRefs` name the waypoint
+/// Gateway routes every Service that uses the waypoint; deleted, the Service spreads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_on_the_waypoint_gateway_routes_its_services() {
+    let mesh = ambient_with_waypoint(
+        "apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: mesh}
+spec: {clusterIP: 10.96.251.1, selector: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: mesh}
+spec: {clusterIP: 10.96.251.2, selector: {app: reviews, version: v2}, ports: [{name: http, port: 9080}]}
+",
+    )
+    .await;
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-at-the-waypoint, namespace: mesh}
+spec:
+  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  hostnames: [reviews.mesh.svc.cluster.local]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - backendRefs: [{name: reviews-v1, port: 9080}]
+";
+    mesh.apply(route).await;
+    let v = |pods: &std::collections::BTreeMap<String, usize>, version: &str| -> usize {
+        pods.iter()
+            .filter(|(p, _)| p.contains(version))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let before = waypoint_requests(&mesh);
+    let (pods, _) = spread(&mesh, "client", H, 9080, "/", &[], 10).await;
+    assert_eq!(v(&pods, "v1"), 10, "all to v1: {pods:?}");
+    let (pods, _) = spread(&mesh, "client", H, 9080, "/", &[("end-user", "jason")], 10).await;
+    assert_eq!(v(&pods, "v2"), 10, "jason to v2: {pods:?}");
+    assert_eq!(waypoint_requests(&mesh), before + 20, "at the waypoint");
+    mesh.delete(route).await;
+    let (pods, _) = spread(&mesh, "client", H, 9080, "/", &[], 20).await;
+    assert!(
+        v(&pods, "v1") > 0 && v(&pods, "v2") > 0,
+        "without the route, both versions again: {pods:?}"
+    );
+}

@@ -30,6 +30,7 @@ fn waypoint_tasks() {
 
     opt_in(state);
     routing(state);
+    gateway_route(state);
     faults_and_timeouts(state);
     authorization(state);
     jwt(state);
@@ -195,6 +196,39 @@ fn routing(state: &Path) {
             .ok_or(s.to_string())
     });
     apply_sample(state, "virtual-service-all-v1.yaml");
+}
+
+/// An HTTPRoute attached to the waypoint Gateway itself (Istio's "Configure waypoint
+/// proxies"): it routes the Services that use the waypoint, ahead of their VirtualService;
+/// deleted, the VirtualService (all to v1) is in force again.
+fn gateway_route(state: &Path) {
+    let route = "apiVersion: v1
+kind: Service
+metadata: {name: reviews-v3, namespace: wp}
+spec: {selector: {app: reviews, version: v3}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-v3-at-the-waypoint, namespace: wp}
+spec:
+  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  hostnames: [reviews.wp.svc.cluster.local]
+  rules: [{backendRefs: [{name: reviews-v3, port: 9080}]}]
+";
+    apply(state, route);
+    eventually("the waypoint's route: all to v3", || {
+        let s = client(state, "http://reviews:9080/", 10, &[]);
+        (count(&s, "by_version", "v3") == 10)
+            .then_some(())
+            .ok_or(s.to_string())
+    });
+    delete(state, route);
+    eventually("the VirtualService again: all to v1", || {
+        let s = client(state, "http://reviews:9080/", 10, &[]);
+        (count(&s, "by_version", "v1") == 10)
+            .then_some(())
+            .ok_or(s.to_string())
+    });
 }
 
 /// Istio's fault injection (abort for jason on ratings) and request timeout tasks.

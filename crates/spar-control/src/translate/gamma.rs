@@ -6,6 +6,13 @@
 //! rewrites, mirrors, timeouts and retries. A `backendRef` to a Service that does not exist
 //! answers 500, as the Gateway API specifies. When a Service has both, its HTTPRoutes win
 //! over a VirtualService.
+//!
+//! Routes whose `parentRefs` name a waypoint `Gateway` (class `istio-waypoint`) route every
+//! Service that uses that waypoint (narrowed by the route's `hostnames`), and only at that
+//! waypoint: sidecars and other waypoints do not see them. At the waypoint, a Service's own
+//! routes come first, then the waypoint's (`waypoint_virtual_services`).
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use spar_model::gateway_api::{
@@ -289,11 +296,51 @@ fn grpc_rules(reg: &Registry, r: &Resource, gr: &GrpcRoute, port: Option<u32>) -
 /// A route's rules for one parent port.
 type RulesFor<'a> = Box<dyn Fn(Option<u32>) -> Vec<Value> + 'a>;
 
-/// Every Service host that Gateway API routes attach to, with the VirtualService they make
-/// (routes in name order; their rules one after another).
-pub fn virtual_services(reg: &Registry) -> Vec<(String, String, VirtualService)> {
-    type Routes = (Vec<String>, Vec<Value>, Vec<Value>);
-    let mut by_host: std::collections::BTreeMap<String, Routes> = Default::default();
+/// Routes' names with their HTTP (and gRPC) rules and their TCP rules.
+#[derive(Default, Clone)]
+struct Routes {
+    names: Vec<String>,
+    http: Vec<Value>,
+    tcp: Vec<Value>,
+}
+
+impl Routes {
+    fn add(&mut self, other: &Routes) {
+        self.names.extend(other.names.iter().cloned());
+        self.http.extend(other.http.iter().cloned());
+        self.tcp.extend(other.tcp.iter().cloned());
+    }
+
+    /// The VirtualService these rules make for `hostname`.
+    fn virtual_service(&self, hostname: &str) -> Option<(String, VirtualService)> {
+        let names = self.names.join(",");
+        let vs = json!({"hosts": [hostname], "http": self.http, "tcp": self.tcp});
+        match serde_json::from_value::<VirtualService>(vs) {
+            Ok(vs) => Some((names, vs)),
+            Err(e) => {
+                tracing::warn!(routes = %names, error = %e, "cannot translate Gateway API routes");
+                None
+            }
+        }
+    }
+}
+
+/// A route attached to a waypoint Gateway: the hostnames it is limited to (empty: every
+/// Service of the waypoint) and its rules.
+struct WaypointRoute {
+    hostnames: Vec<String>,
+    routes: Routes,
+}
+
+/// Gateway API routes, in name order: those attached to Services by host key, and those
+/// attached to waypoint Gateways by the waypoint's (namespace, name).
+type Attached = (
+    BTreeMap<String, Routes>,
+    BTreeMap<(String, String), Vec<WaypointRoute>>,
+);
+
+fn attached(reg: &Registry) -> Attached {
+    let (mut by_host, mut by_waypoint) = Attached::default();
     let mut routes: Vec<&Resource> = reg
         .of_kind(Kind::HttpRoute)
         .chain(reg.of_kind(Kind::GrpcRoute))
@@ -301,37 +348,144 @@ pub fn virtual_services(reg: &Registry) -> Vec<(String, String, VirtualService)>
         .collect();
     routes.sort_by_key(|r| (r.namespace().to_string(), r.name().to_string()));
     for r in routes {
-        let (refs, rules): (&[ParentReference], RulesFor<'_>) = match &r.spec {
-            Spec::HttpRoute(h) => (&h.parent_refs, Box::new(move |p| http_rules(reg, r, h, p))),
-            Spec::GrpcRoute(g) => (&g.parent_refs, Box::new(move |p| grpc_rules(reg, r, g, p))),
-            Spec::TcpRoute(t) => (&t.parent_refs, Box::new(move |p| tcp_rules(reg, r, t, p))),
+        let (refs, hostnames, rules): (&[ParentReference], &[String], RulesFor<'_>) = match &r.spec
+        {
+            Spec::HttpRoute(h) => (
+                &h.parent_refs,
+                &h.hostnames,
+                Box::new(move |p| http_rules(reg, r, h, p)),
+            ),
+            Spec::GrpcRoute(g) => (
+                &g.parent_refs,
+                &g.hostnames,
+                Box::new(move |p| grpc_rules(reg, r, g, p)),
+            ),
+            Spec::TcpRoute(t) => (
+                &t.parent_refs,
+                &[],
+                Box::new(move |p| tcp_rules(reg, r, t, p)),
+            ),
             _ => continue,
         };
-        let tcp = r.kind == Kind::TcpRoute;
-        for (host, port) in parents(reg, r, refs) {
-            let e = by_host.entry(host).or_default();
-            e.0.push(format!("{}/{}", r.namespace(), r.name()));
-            if tcp {
-                e.2.extend(rules(port));
-            } else {
-                e.1.extend(rules(port));
+        let name = format!("{}/{}", r.namespace(), r.name());
+        let one = |port: Option<u32>| {
+            let (http, tcp) = match r.kind {
+                Kind::TcpRoute => (Vec::new(), rules(port)),
+                _ => (rules(port), Vec::new()),
+            };
+            Routes {
+                names: vec![name.clone()],
+                http,
+                tcp,
             }
+        };
+        for (host, port) in parents(reg, r, refs) {
+            by_host.entry(host).or_default().add(&one(port));
+        }
+        for wp in waypoint_parents(reg, r, refs) {
+            by_waypoint.entry(wp).or_default().push(WaypointRoute {
+                hostnames: hostnames.to_vec(),
+                routes: one(None),
+            });
         }
     }
-    by_host
-        .into_iter()
-        .filter_map(|(key, (names, http, tcp))| {
-            let hostname = key.split_once('/').map(|(_, h)| h.to_string())?;
-            let vs = json!({"hosts": [hostname], "http": http, "tcp": tcp});
-            match serde_json::from_value::<VirtualService>(vs) {
-                Ok(vs) => Some((key, names.join(","), vs)),
-                Err(e) => {
-                    tracing::warn!(routes = %names.join(","), error = %e, "cannot translate Gateway API routes");
-                    None
+    (by_host, by_waypoint)
+}
+
+/// The waypoint Gateways (class `istio-waypoint`) a route's `parentRefs` name.
+fn waypoint_parents(
+    reg: &Registry,
+    r: &Resource,
+    refs: &[ParentReference],
+) -> Vec<(String, String)> {
+    refs.iter()
+        .filter(|p| {
+            matches!(p.kind.as_deref(), None | Some("Gateway"))
+                && matches!(p.group.as_deref(), None | Some("gateway.networking.k8s.io"))
+        })
+        .filter_map(|p| {
+            let ns = p.namespace.as_deref().unwrap_or(r.namespace());
+            super::waypoint::gateway(reg, ns, &p.name).map(|_| (ns.to_string(), p.name.clone()))
+        })
+        .collect()
+}
+
+/// Whether a route's `hostnames` admit the Service `name.ns` (any name of it, or a
+/// `*.suffix` wildcard of its full name); no hostnames admit every Service.
+fn admits(hostnames: &[String], name: &str, ns: &str, suffix: &str) -> bool {
+    let fqdn = format!("{name}.{ns}.svc.{suffix}");
+    hostnames.is_empty()
+        || hostnames.iter().any(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(rest) => fqdn.ends_with(rest),
+                None => {
+                    h == fqdn
+                        || h == name
+                        || h == format!("{name}.{ns}")
+                        || h == format!("{name}.{ns}.svc")
                 }
             }
         })
+}
+
+/// Every Service host that Gateway API routes attach to, with the VirtualService they make
+/// (routes in name order; their rules one after another).
+pub fn virtual_services(reg: &Registry) -> Vec<(String, String, VirtualService)> {
+    attached(reg)
+        .0
+        .into_iter()
+        .filter_map(|(key, routes)| {
+            let hostname = key.split_once('/').map(|(_, h)| h.to_string())?;
+            let (names, vs) = routes.virtual_service(&hostname)?;
+            Some((key, names, vs))
+        })
         .collect()
+}
+
+/// For every Service whose waypoint has routes attached to it: the host key, the waypoint's
+/// (namespace, name) and the VirtualService its pods apply to the Service's traffic (the
+/// Service's own routes first, then the waypoint's that admit it).
+pub fn waypoint_virtual_services(
+    reg: &Registry,
+) -> Vec<(String, (String, String), String, VirtualService)> {
+    let (by_host, by_waypoint) = attached(reg);
+    if by_waypoint.is_empty() {
+        return Vec::new();
+    }
+    let suffix = reg.mesh.domain_suffix.as_str();
+    let mut out = Vec::new();
+    for (svc, _) in reg.services() {
+        let Some(wp) = super::waypoint::waypoint_of(
+            reg,
+            svc.namespace(),
+            &svc.meta.labels,
+            super::waypoint::For::Service,
+        ) else {
+            continue;
+        };
+        let Some(wroutes) = by_waypoint.get(&wp) else {
+            continue;
+        };
+        let (name, ns) = (svc.name(), svc.namespace());
+        let hostname = format!("{name}.{ns}.svc.{suffix}");
+        let key = format!("{ns}/{hostname}");
+        let mut routes = by_host.get(&key).cloned().unwrap_or_default();
+        let before = routes.names.len();
+        for w in wroutes
+            .iter()
+            .filter(|w| admits(&w.hostnames, name, ns, suffix))
+        {
+            routes.add(&w.routes);
+        }
+        if routes.names.len() == before {
+            continue;
+        }
+        if let Some((names, vs)) = routes.virtual_service(&hostname) {
+            out.push((key, wp, names, vs));
+        }
+    }
+    out
 }
 
 /// A TCPRoute's rules as VirtualService `tcp` routes (weighted backendRefs, on the port).
@@ -365,6 +519,8 @@ fn tcp_rules(
 mod tests {
     use super::*;
     use crate::registry::MeshSettings;
+    use spar_model::Labels;
+    use spar_model::gateway_api::GATEWAY_NAME_LABEL;
 
     fn reg(yaml: &str) -> Registry {
         let l = spar_model::load_str("t.yaml", yaml);
@@ -424,6 +580,96 @@ spec:
             vs.http[1].direct_response.as_ref().map(|d| d.status),
             Some(500),
             "a missing backend answers 500"
+        );
+    }
+
+    #[test]
+    fn routes_on_a_waypoint_route_its_services_at_that_waypoint_only() {
+        let r = reg("
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: a}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: a}
+spec: {selector: {app: echo}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: a}
+spec: {selector: {app: echo, version: v2}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: skips, namespace: a, labels: {istio.io/use-waypoint: none}}
+spec: {selector: {app: echo}, ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: all, namespace: a}
+spec:
+  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
+  rules: [{backendRefs: [{name: echo-v2, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: only-echo, namespace: a}
+spec:
+  parentRefs: [{kind: Gateway, name: wp}]
+  hostnames: [echo.a.svc.cluster.local]
+  rules: [{matches: [{path: {type: PathPrefix, value: /x}}], backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: own, namespace: a}
+spec:
+  parentRefs: [{group: '', kind: Service, name: echo}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /own}}], backendRefs: [{name: echo, port: 80}]}]
+");
+        let hosts = crate::translate::l7::hosts(&r);
+        let names = |h: &str| {
+            hosts[h]
+                .waypoint_routes
+                .as_ref()
+                .map(|(wp, names, vs)| (wp.clone(), names.clone(), vs.http.len()))
+        };
+        let wp = ("a".to_string(), "wp".to_string());
+        // The Service's own route first, then the waypoint's that admit it.
+        assert_eq!(
+            names("a/echo.a.svc.cluster.local"),
+            Some((wp.clone(), "a/own,a/all,a/only-echo".into(), 3))
+        );
+        assert_eq!(
+            names("a/echo-v2.a.svc.cluster.local"),
+            Some((wp, "a/all".into(), 1)),
+            "hostnames narrow a route to the Services they name"
+        );
+        assert_eq!(
+            names("a/skips.a.svc.cluster.local"),
+            None,
+            "a Service that skips the waypoint"
+        );
+        // Only the waypoint's pods apply them; everyone else sees the Service's own routes.
+        let h = &hosts["a/echo.a.svc.cluster.local"];
+        let waypoint_pod: Labels = [(GATEWAY_NAME_LABEL.into(), "wp".into())].into();
+        let seen = |ns: &str, labels: &Labels| {
+            crate::translate::l7::resolve(h, ns, labels).virtual_service_name
+        };
+        assert_eq!(seen("a", &waypoint_pod), "a/own,a/all,a/only-echo");
+        assert_eq!(seen("a", &Labels::default()), "a/own");
+        assert_eq!(seen("b", &waypoint_pod), "a/own", "another namespace's wp");
+        let item = crate::encoded::L7Item::new(h.clone());
+        assert_ne!(
+            item.for_pod("a", &waypoint_pod),
+            item.for_pod("a", &Labels::default())
         );
     }
 }

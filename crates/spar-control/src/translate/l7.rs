@@ -26,6 +26,23 @@ pub struct Host {
     /// An ingress gateway's listener (kind, namespace, name of the gateway): only its pods
     /// get this host.
     pub gateway: Option<(spar_model::Kind, String, String)>,
+    /// Routes attached to the waypoint this Service uses ((namespace, name) of the waypoint,
+    /// route names, the VirtualService they make): only that waypoint's pods apply them.
+    pub waypoint_routes: Option<((String, String), String, VirtualService)>,
+}
+
+impl Host {
+    /// Whether a pod in `ns` with `labels` is a pod of the waypoint whose routes this host has.
+    pub fn for_its_waypoint(&self, ns: &str, labels: &Labels) -> bool {
+        self.waypoint_routes
+            .as_ref()
+            .is_some_and(|((wns, wname), _, _)| {
+                wns == ns
+                    && labels
+                        .get(spar_model::gateway_api::GATEWAY_NAME_LABEL)
+                        .is_some_and(|n| n == wname)
+            })
+    }
 }
 
 /// `reviews` in namespace `default` -> `reviews.default.svc.cluster.local`, as Istio reads
@@ -152,6 +169,12 @@ pub fn hosts(reg: &Registry) -> BTreeMap<String, Host> {
             h.virtual_service = Some((names, vs));
         }
     }
+    // Routes attached to a waypoint Gateway, for its pods only.
+    for (key, wp, names, vs) in super::gamma::waypoint_virtual_services(reg) {
+        if let Some(h) = out.get_mut(&key) {
+            h.waypoint_routes = Some((wp, names, vs));
+        }
+    }
     for r in reg.of_kind(Kind::DestinationRule) {
         let Spec::DestinationRule(dr) = &r.spec else {
             continue;
@@ -213,7 +236,11 @@ pub fn for_pod(
 }
 
 pub(crate) fn resolve(h: &Host, ns: &str, labels: &Labels) -> xl7::ServiceRoutes {
-    let vs = h.virtual_service.as_ref().map(|(name, vs)| {
+    let chosen = match &h.waypoint_routes {
+        Some((_, name, vs)) if h.for_its_waypoint(ns, labels) => Some((name, vs)),
+        _ => h.virtual_service.as_ref().map(|(n, v)| (n, v)),
+    };
+    let vs = chosen.map(|(name, vs)| {
         let mut vs = vs.clone();
         vs.http
             .retain_mut(|r| for_source(&mut r.matches, ns, labels));
