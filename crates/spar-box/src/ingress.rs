@@ -26,11 +26,13 @@ pub const ROLE_LABEL: &str = "spar.io/gateway-role";
 /// The Gateway API class of ingress gateways.
 pub const CLASS: &str = "istio";
 
-/// A listener of an ingress pod: its port and, for HTTPS, the Secret with its credential.
+/// A listener of an ingress pod: its port and, for HTTPS, the Secret with its credential;
+/// or a port that passes TLS through by SNI.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub port: u32,
     pub secret: Option<(String, String)>,
+    pub passthrough: bool,
 }
 
 fn decode(doc: serde_json::Value, what: &str) -> Result<Resource, Error> {
@@ -135,7 +137,7 @@ pub fn is_ingress(pod: &PodPlan) -> bool {
 /// The listeners of an ingress pod: each port of the gateways that select it, HTTPS ones
 /// with their Secret (namespace, name).
 pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
-    let mut out: BTreeMap<u32, Option<(String, String)>> = BTreeMap::new();
+    let mut out: BTreeMap<u32, (Option<(String, String)>, bool)> = BTreeMap::new();
     for r in resources {
         match &r.spec {
             Spec::K8sGateway(g)
@@ -155,7 +157,9 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                             Some((r.namespace().to_string(), name.as_str()?.to_string()))
                         })
                         .flatten();
-                    out.insert(l.port, secret);
+                    let passthrough =
+                        l.protocol == "TLS" && tls_mode(&l.tls) == Some("Passthrough");
+                    out.insert(l.port, (secret, passthrough));
                 }
             }
             Spec::Gateway(g) if !g.selector.is_empty() && selects(&g.selector, &pod.labels) => {
@@ -166,15 +170,25 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                         .and_then(|t| t.get("credentialName"))
                         .and_then(|c| c.as_str())
                         .map(|c| (pod.namespace.clone(), c.to_string()));
-                    out.entry(s.port.number).or_insert(secret);
+                    let passthrough = tls_mode(&s.tls) == Some("PASSTHROUGH");
+                    out.entry(s.port.number).or_insert((secret, passthrough));
                 }
             }
             _ => {}
         }
     }
     out.into_iter()
-        .map(|(port, secret)| Listener { port, secret })
+        .map(|(port, (secret, passthrough))| Listener {
+            port,
+            secret: secret.filter(|_| !passthrough),
+            passthrough,
+        })
         .collect()
+}
+
+/// `tls.mode` of a listener or server.
+fn tls_mode(tls: &Option<serde_json::Value>) -> Option<&str> {
+    tls.as_ref()?.get("mode")?.as_str()
 }
 
 fn selects(selector: &Labels, labels: &Labels) -> bool {
@@ -229,6 +243,7 @@ pub async fn run(
     let creds = root.join("gateways").join(&key);
     for l in &listeners {
         match &l.secret {
+            None if l.passthrough => args.push(format!("{}:passthrough", l.port)),
             None => args.push(l.port.to_string()),
             Some(s) => match credential(&resources, &creds, s) {
                 Ok((c, k)) => args.push(format!("{}:{}:{}", l.port, c.display(), k.display())),

@@ -239,6 +239,41 @@ model! {
 }
 
 model! {
+    /// A `TLSRoute`: TLS connections routed by SNI (`hostnames`) without being terminated,
+    /// as an ingress gateway's `Passthrough` listener does.
+    pub struct TlsRoute {
+        pub parent_refs: Vec<ParentReference>,
+        pub hostnames: Vec<String>,
+        pub rules: Vec<TcpRouteRule>,
+    }
+}
+
+model! {
+    /// A `ReferenceGrant`: in its own namespace, lets routes of other namespaces (`from`) name
+    /// objects of this one (`to`, all of a kind or one by name) as backends.
+    pub struct ReferenceGrant {
+        pub from: Vec<ReferenceGrantFrom>,
+        pub to: Vec<ReferenceGrantTo>,
+    }
+}
+
+model! {
+    pub struct ReferenceGrantFrom {
+        pub group: String,
+        pub kind: String,
+        pub namespace: String,
+    }
+}
+
+model! {
+    pub struct ReferenceGrantTo {
+        pub group: String,
+        pub kind: String,
+        pub name: Option<String>,
+    }
+}
+
+model! {
     pub struct TcpRouteRule {
         pub name: Option<String>,
         pub backend_refs: Vec<BackendRef>,

@@ -29,6 +29,8 @@ pub enum Kind {
     HttpRoute,
     GrpcRoute,
     TcpRoute,
+    TlsRoute,
+    ReferenceGrant,
     Namespace,
     ServiceAccount,
     Service,
@@ -45,7 +47,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 23] = [
+    const ALL: [Kind; 25] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -60,6 +62,8 @@ impl Kind {
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::TcpRoute,
+        Kind::TlsRoute,
+        Kind::ReferenceGrant,
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Service,
@@ -87,6 +91,8 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
+            Kind::TlsRoute => "TLSRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Service => "Service",
@@ -112,9 +118,12 @@ impl Kind {
                 "security.istio.io"
             }
             Kind::Telemetry => "telemetry.istio.io",
-            Kind::K8sGateway | Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute => {
-                "gateway.networking.k8s.io"
-            }
+            Kind::K8sGateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TcpRoute
+            | Kind::TlsRoute
+            | Kind::ReferenceGrant => "gateway.networking.k8s.io",
             Kind::Deployment => "apps",
             Kind::Job => "batch",
             Kind::Namespace
@@ -203,6 +212,8 @@ pub enum Spec {
     HttpRoute(Box<gateway_api::HttpRoute>),
     GrpcRoute(Box<gateway_api::GrpcRoute>),
     TcpRoute(Box<gateway_api::TcpRoute>),
+    TlsRoute(Box<gateway_api::TlsRoute>),
+    ReferenceGrant(Box<gateway_api::ReferenceGrant>),
     Namespace,
     ServiceAccount,
     Service(Box<k8s::ServiceSpec>),
@@ -296,6 +307,8 @@ impl Resource {
             Spec::HttpRoute(s) => (Some(to_json(s)), None),
             Spec::GrpcRoute(s) => (Some(to_json(s)), None),
             Spec::TcpRoute(s) => (Some(to_json(s)), None),
+            Spec::TlsRoute(s) => (Some(to_json(s)), None),
+            Spec::ReferenceGrant(s) => (Some(to_json(s)), None),
             Spec::Namespace | Spec::ServiceAccount => (None, None),
             Spec::Service(s) => (Some(to_json(s)), None),
             Spec::Deployment(s) => (Some(to_json(s)), None),
@@ -440,6 +453,8 @@ pub fn decode(value: &Value) -> Result<Resource, DecodeError> {
             Kind::HttpRoute => Spec::HttpRoute(typed(spec_v, "spec")?),
             Kind::GrpcRoute => Spec::GrpcRoute(typed(spec_v, "spec")?),
             Kind::TcpRoute => Spec::TcpRoute(typed(spec_v, "spec")?),
+            Kind::TlsRoute => Spec::TlsRoute(typed(spec_v, "spec")?),
+            Kind::ReferenceGrant => Spec::ReferenceGrant(typed(spec_v, "spec")?),
             Kind::Namespace => Spec::Namespace,
             Kind::ServiceAccount => Spec::ServiceAccount,
             Kind::Service => Spec::Service(typed(spec_v, "spec")?),

@@ -114,10 +114,15 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
             for (i, srv) in g.servers.iter().enumerate() {
                 let Some(tls) = &srv.tls else { continue };
                 let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("SIMPLE");
-                if mode != "SIMPLE" || tls.get("credentialName").is_none() {
+                let acted_on = match mode {
+                    "SIMPLE" => tls.get("credentialName").is_some(),
+                    "PASSTHROUGH" => true,
+                    _ => false,
+                };
+                if !acted_on {
                     v.warn(
                         format!("spec.servers[{i}].tls"),
-                        "spar terminates TLS (mode SIMPLE) with credentialName (a kubernetes.io/tls Secret given to spar up); other modes are not acted on",
+                        "spar terminates TLS (mode SIMPLE) with credentialName (a kubernetes.io/tls Secret given to spar up) or passes it through by SNI (mode PASSTHROUGH, VirtualService tls routes); other modes are not acted on",
                     );
                 }
             }
@@ -142,10 +147,15 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
                     .and_then(|c| c.get(0))
                     .and_then(|c| c.get("name"))
                     .is_some();
-                if mode != "Terminate" || !has_ref {
+                let acted_on = match mode {
+                    "Terminate" => has_ref,
+                    "Passthrough" => l.protocol == "TLS",
+                    _ => false,
+                };
+                if !acted_on {
                     v.warn(
                         format!("spec.listeners[{i}].tls"),
-                        "spar terminates TLS with certificateRefs[0] (a kubernetes.io/tls Secret given to spar up); other TLS settings are not acted on",
+                        "spar terminates TLS with certificateRefs[0] (a kubernetes.io/tls Secret given to spar up) or passes it through by SNI (protocol TLS, mode Passthrough, TLSRoutes); other TLS settings are not acted on",
                     );
                 }
             }

@@ -23,6 +23,7 @@ pub mod ingress;
 pub mod mirror;
 pub mod outbound;
 pub mod outlier;
+pub mod passthrough;
 pub mod plan;
 pub mod respond;
 pub mod retry;

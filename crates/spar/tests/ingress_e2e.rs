@@ -1,5 +1,6 @@
 //! End to end, as root: Istio's ingress tasks through the box's ingress gateways
-//! (examples/ingress/mesh.yaml), with `curl` on the host as a user runs them: a Gateway API
+//! (examples/ingress/mesh.yaml), with `curl` on the host as a user runs them (SNI passthrough
+//! to a backend that terminates TLS itself included): a Gateway API
 //! Gateway of class `istio` over HTTP and HTTPS (TLS terminated with a Secret given to
 //! `spar up`), Istio's classic Gateway with a VirtualService bound to it, backends in a sidecar
 //! namespace and in an ambient namespace that uses a waypoint, reached with mesh mTLS.
@@ -152,4 +153,37 @@ fn ingress_tasks() {
         &format!("http://{classic}/status/200"),
     ]);
     assert_eq!(code, 404, "another host has no route on that gateway");
+
+    // SNI passthrough (Istio's "Ingress Gateway without TLS Termination"): my-nginx
+    // terminates TLS with a certificate only it has; the gateways route by SNI without
+    // terminating, through the classic Gateway (PASSTHROUGH, a VirtualService `tls` route) and
+    // the Gateway API one (a TLS listener in mode Passthrough, a TLSRoute).
+    for (what, pod, port) in [
+        ("classic Gateway, PASSTHROUGH", "istio-ingressgateway", 443),
+        ("Gateway API, TLSRoute", "bookinfo-gateway-istio", 8443),
+    ] {
+        let addr = ingress_address(state, pod, port);
+        let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+        let url = |host: &str| format!("https://{host}:{port}/");
+        let resolve = |host: &str| format!("{host}:{port}:{ip}");
+        eventually(what, || {
+            let (code, body) = curl(&[
+                "-k",
+                "--resolve",
+                &resolve("nginx.example.com"),
+                &url("nginx.example.com"),
+            ]);
+            // Only the backend's openssl answers this: the gateway has no certificate for it.
+            (code == 200 && body.contains("s_server -accept 8443"))
+                .then_some(())
+                .ok_or(format!("{code} {body}"))
+        });
+        let (code, _) = curl(&[
+            "-k",
+            "--resolve",
+            &resolve("other.example.com"),
+            &url("other.example.com"),
+        ]);
+        assert_eq!(code, 0, "{what}: a server name no route takes is closed");
+    }
 }

@@ -42,14 +42,43 @@ fn parents(reg: &Registry, r: &Resource, refs: &[ParentReference]) -> Vec<(Strin
         .collect()
 }
 
-fn backend(reg: &Registry, r: &Resource, b: &BackendRef) -> Option<Value> {
+/// A backendRef as a VirtualService destination; `None` (answered 500 for HTTP, as a missing
+/// backend) when no such Service exists, or when it is in another namespace that has no
+/// ReferenceGrant letting this route name it.
+pub(crate) fn backend(reg: &Registry, r: &Resource, b: &BackendRef) -> Option<Value> {
     let ns = b.namespace.as_deref().unwrap_or(r.namespace());
     reg.service(ns, &b.name)?;
+    if !granted(reg, r, ns, &b.name) {
+        return None;
+    }
     let mut d = json!({"host": fqdn(&b.name, ns, &reg.mesh.domain_suffix)});
     if let Some(p) = b.port {
         d["port"] = json!({"number": p});
     }
     Some(d)
+}
+
+/// Whether route `r` may name Service `ns/name`: its own namespace's always; another's only
+/// when a ReferenceGrant there lets `r`'s kind from `r`'s namespace name Services (all, or
+/// this one), as the Gateway API requires.
+fn granted(reg: &Registry, r: &Resource, ns: &str, name: &str) -> bool {
+    r.namespace() == ns
+        || reg.of_kind(Kind::ReferenceGrant).any(|g| {
+            let Spec::ReferenceGrant(grant) = &g.spec else {
+                return false;
+            };
+            g.namespace() == ns
+                && grant.from.iter().any(|f| {
+                    f.group == "gateway.networking.k8s.io"
+                        && f.kind == r.kind.name()
+                        && f.namespace == r.namespace()
+                })
+                && grant.to.iter().any(|t| {
+                    matches!(t.group.as_str(), "" | "core")
+                        && t.kind == "Service"
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
 }
 
 fn headers(m: &spar_model::gateway_api::HeaderModifier) -> Value {
@@ -671,5 +700,63 @@ spec:
             item.for_pod("a", &waypoint_pod),
             item.for_pod("a", &Labels::default())
         );
+    }
+
+    #[test]
+    fn a_backend_in_another_namespace_needs_a_reference_grant() {
+        let yaml = |grant: &str| {
+            format!(
+                "
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: a}}
+spec: {{selector: {{app: echo}}, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: other, namespace: b}}
+spec: {{selector: {{app: other}}, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: to-b, namespace: a}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: echo}}]
+  rules: [{{backendRefs: [{{name: other, namespace: b, port: 80}}]}}]
+{grant}"
+            )
+        };
+        let routed_to = |grant: &str| {
+            let all = virtual_services(&reg(&yaml(grant)));
+            let http = &all[0].2.http[0];
+            match &http.direct_response {
+                Some(d) => format!("{}", d.status),
+                None => http.route[0].destination.host.clone(),
+            }
+        };
+        assert_eq!(routed_to(""), "500", "no grant: as a missing backend");
+        let grant = |from_kind: &str, from_ns: &str, to_name: &str| {
+            format!(
+                "---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: g, namespace: b}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]
+  to: [{{group: '', kind: Service{to_name}}}]
+"
+            )
+        };
+        assert_eq!(
+            routed_to(&grant("HTTPRoute", "a", "")),
+            "other.b.svc.cluster.local"
+        );
+        assert_eq!(
+            routed_to(&grant("HTTPRoute", "a", ", name: other")),
+            "other.b.svc.cluster.local"
+        );
+        assert_eq!(routed_to(&grant("HTTPRoute", "a", ", name: x")), "500");
+        assert_eq!(routed_to(&grant("GRPCRoute", "a", "")), "500");
+        assert_eq!(routed_to(&grant("HTTPRoute", "c", "")), "500");
     }
 }

@@ -19,22 +19,122 @@ use crate::registry::{Pod, Registry};
 /// The Gateway API class of ingress gateways.
 pub const INGRESS_CLASS: &str = "istio";
 
-/// A gateway's listener ports with the host names each serves (empty: any).
-fn listeners(r: &Resource) -> Vec<(u32, Vec<String>)> {
+/// A gateway's listener ports with the host names each serves (empty: any) and whether
+/// the port passes TLS through by SNI (not terminated here).
+fn listeners(r: &Resource) -> Vec<(u32, Vec<String>, bool)> {
     match &r.spec {
         Spec::K8sGateway(g) if g.gateway_class_name == INGRESS_CLASS => g
             .listeners
             .iter()
-            .filter(|l| matches!(l.protocol.as_str(), "HTTP" | "HTTPS"))
-            .map(|l| (l.port, l.hostname.iter().cloned().collect()))
+            .filter_map(|l| {
+                let passthrough = l.protocol == "TLS" && tls_mode(&l.tls) == Some("Passthrough");
+                (matches!(l.protocol.as_str(), "HTTP" | "HTTPS") || passthrough)
+                    .then(|| (l.port, l.hostname.iter().cloned().collect(), passthrough))
+            })
             .collect(),
         Spec::Gateway(g) => g
             .servers
             .iter()
-            .map(|s| (s.port.number, s.hosts.clone()))
+            .map(|s| {
+                let passthrough = tls_mode(&s.tls) == Some("PASSTHROUGH");
+                (s.port.number, s.hosts.clone(), passthrough)
+            })
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// `tls.mode` of a listener or server.
+pub fn tls_mode(tls: &Option<Value>) -> Option<&str> {
+    tls.as_ref()?.get("mode")?.as_str()
+}
+
+/// Whether a route's `parentRefs` name gateway `gw` (on `port`, when they give one).
+fn attached_to(
+    refs: &[spar_model::gateway_api::ParentReference],
+    route: &Resource,
+    gw: &Resource,
+    port: u32,
+) -> bool {
+    refs.iter().any(|p| {
+        matches!(p.kind.as_deref(), None | Some("Gateway"))
+            && p.namespace.as_deref().unwrap_or(route.namespace()) == gw.namespace()
+            && p.name == gw.name()
+            && p.port.is_none_or(|pp| pp == port)
+    })
+}
+
+/// The SNI routes of gateway `gw`'s passthrough `port`: VirtualServices bound to it (their
+/// `tls` routes), then TLSRoutes attached to it, as VirtualService `tls` routes.
+fn tls_rules(reg: &Registry, gw: &Resource, port: u32, listener_hosts: &[String]) -> Vec<Value> {
+    let suffix = &reg.mesh.domain_suffix;
+    let mut out = Vec::new();
+    for r in reg.of_kind(Kind::VirtualService) {
+        let Spec::VirtualService(vs) = &r.spec else {
+            continue;
+        };
+        if !names(&vs.gateways, r.namespace(), gw) {
+            continue;
+        }
+        for t in &vs.tls {
+            let matches: Vec<Value> = t
+                .matches
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port))
+                .map(|m| {
+                    let sni = if m.sni_hosts.is_empty() {
+                        &vs.hosts
+                    } else {
+                        &m.sni_hosts
+                    };
+                    json!({"sniHosts": sni})
+                })
+                .collect();
+            if matches.is_empty() {
+                continue;
+            }
+            let route: Vec<Value> = t
+                .route
+                .iter()
+                .map(|d| {
+                    let mut d = d.clone();
+                    d.destination.host = fqdn(&d.destination.host, r.namespace(), suffix);
+                    serde_json::to_value(d).unwrap_or_default()
+                })
+                .collect();
+            out.push(json!({"match": matches, "route": route}));
+        }
+    }
+    for r in reg.of_kind(Kind::TlsRoute) {
+        let Spec::TlsRoute(tr) = &r.spec else {
+            continue;
+        };
+        if !attached_to(&tr.parent_refs, r, gw, port) {
+            continue;
+        }
+        let sni: Vec<String> = match (&tr.hostnames[..], listener_hosts) {
+            ([], []) => vec!["*".into()],
+            ([], l) => l.to_vec(),
+            (h, _) => h.to_vec(),
+        };
+        for rule in &tr.rules {
+            // Backends that do not exist or are not granted are left out (a TLS connection
+            // has no error status to answer with); a rule left with none routes nothing.
+            let route: Vec<Value> = rule
+                .backend_refs
+                .iter()
+                .filter_map(|b| {
+                    let d = gamma::backend(reg, r, b)?;
+                    Some(json!({"destination": d, "weight": b.weight.unwrap_or(1)}))
+                })
+                .collect();
+            if route.is_empty() {
+                continue;
+            }
+            out.push(json!({"match": [{"sniHosts": sni}], "route": route}));
+        }
+    }
+    out
 }
 
 /// Every ingress gateway.
@@ -161,13 +261,7 @@ fn rules(reg: &Registry, gw: &Resource, port: u32, listener_hosts: &[String]) ->
         let Spec::HttpRoute(hr) = &r.spec else {
             continue;
         };
-        let attached = hr.parent_refs.iter().any(|p| {
-            matches!(p.kind.as_deref(), None | Some("Gateway"))
-                && p.namespace.as_deref().unwrap_or(r.namespace()) == gw.namespace()
-                && p.name == gw.name()
-                && p.port.is_none_or(|pp| pp == port)
-        });
-        if attached {
+        if attached_to(&hr.parent_refs, r, gw, port) {
             let hosts = if hr.hostnames.is_empty() {
                 listener_hosts.to_vec()
             } else {
@@ -183,10 +277,13 @@ fn rules(reg: &Registry, gw: &Resource, port: u32, listener_hosts: &[String]) ->
 pub fn hosts(reg: &Registry) -> Vec<(String, Host)> {
     let mut out = Vec::new();
     for gw in gateways(reg) {
-        for (port, listener_hosts) in listeners(gw) {
-            let http = rules(reg, gw, port, &listener_hosts);
+        for (port, listener_hosts, passthrough) in listeners(gw) {
             let hostname = host_name(gw, port);
-            let vs = json!({"hosts": [hostname], "http": http});
+            let vs = if passthrough {
+                json!({"hosts": [hostname], "tls": tls_rules(reg, gw, port, &listener_hosts)})
+            } else {
+                json!({"hosts": [hostname], "http": rules(reg, gw, port, &listener_hosts)})
+            };
             let vs = match serde_json::from_value::<VirtualService>(vs) {
                 Ok(v) => v,
                 Err(e) => {
@@ -201,7 +298,7 @@ pub fn hosts(reg: &Registry) -> Vec<(String, Host)> {
                     hostname,
                     ports: vec![xl7::PortProtocol {
                         port,
-                        protocol: "http".into(),
+                        protocol: if passthrough { "tcp" } else { "http" }.into(),
                         name: format!("gateway-{port}"),
                     }],
                     virtual_service: Some((gw.key().to_string(), vs)),
@@ -225,4 +322,134 @@ pub fn visible(reg: &Registry, h: &Host, pod: &Pod<'_>) -> bool {
         name: name.into(),
     })
     .is_some_and(|gw| selects(gw, pod.namespace, pod.labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MeshSettings;
+
+    fn reg(yaml: &str) -> Registry {
+        let l = spar_model::load_str("t.yaml", yaml);
+        assert!(!l.has_errors(), "{:?}", l.problems);
+        Registry::new(
+            MeshSettings::default(),
+            l.resources.into_iter().map(|(r, _)| r),
+        )
+    }
+
+    /// The routes of a gateway port's host, as the gateway's pods receive them.
+    fn host<'a>(all: &'a [(String, Host)], name: &str) -> &'a VirtualService {
+        let (_, h) = all
+            .iter()
+            .find(|(k, _)| k.ends_with(name))
+            .unwrap_or_else(|| panic!("no host {name}"));
+        &h.virtual_service.as_ref().expect("routes").1
+    }
+
+    #[test]
+    fn passthrough_ports_route_by_sni_and_others_by_http() {
+        let r = reg("
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: a}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: PASSTHROUGH}
+    hosts: [nginx.example.com]
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: nginx, namespace: a}
+spec:
+  hosts: [nginx.example.com]
+  gateways: [mygateway]
+  tls:
+  - match: [{port: 443, sniHosts: [nginx.example.com]}]
+    route: [{destination: {host: my-nginx, port: {number: 443}}}]
+  - match: [{port: 9443, sniHosts: [elsewhere.example.com]}]
+    route: [{destination: {host: other}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: a}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: tls, port: 8443, protocol: TLS, hostname: '*.example.com', tls: {mode: Passthrough}}
+  - {name: other, port: 9000, protocol: TLS, tls: {mode: Terminate}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: nginx, namespace: a}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs:
+    - {name: my-nginx, port: 443, weight: 3}
+    - {name: b, namespace: c, port: 8443}
+    - {name: not-granted, namespace: d, port: 443}
+    - {name: missing, port: 443}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-nginx, namespace: a}
+spec: {ports: [{name: https, port: 443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: c}
+spec: {ports: [{name: https, port: 8443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: not-granted, namespace: d}
+spec: {ports: [{name: https, port: 443}]}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-a, namespace: c}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: TLSRoute, namespace: a}]
+  to: [{group: '', kind: Service, name: b}]
+");
+        let all = hosts(&r);
+        let classic = host(&all, "mygateway.a.gateway-443");
+        assert!(classic.http.is_empty());
+        assert_eq!(classic.tls.len(), 1, "only the route of this port");
+        assert_eq!(classic.tls[0].matches[0].sni_hosts, ["nginx.example.com"]);
+        let d = &classic.tls[0].route[0].destination;
+        assert_eq!(d.host, "my-nginx.a.svc.cluster.local");
+        assert!(
+            host(&all, "mygateway.a.gateway-80").tls.is_empty(),
+            "an HTTP server has no SNI routes"
+        );
+        let api = host(&all, "gw.a.gateway-8443");
+        assert_eq!(
+            api.tls[0].matches[0].sni_hosts,
+            ["*.example.com"],
+            "no hostnames: the listener's"
+        );
+        let hosts_weights: Vec<(&str, Option<u32>)> = api.tls[0]
+            .route
+            .iter()
+            .map(|d| (d.destination.host.as_str(), d.weight.map(|w| w as u32)))
+            .collect();
+        assert_eq!(
+            hosts_weights,
+            [
+                ("my-nginx.a.svc.cluster.local", Some(3)),
+                ("b.c.svc.cluster.local", Some(1))
+            ],
+            "a backend in another namespace without a ReferenceGrant, or missing, is left out"
+        );
+        assert!(
+            !all.iter().any(|(k, _)| k.ends_with("gw.a.gateway-9000")),
+            "a TLS listener in another mode is not served"
+        );
+    }
 }

@@ -196,13 +196,22 @@ pub fn tcp_plan(
     else {
         return plan_outbound(snap, dst, false, rng);
     };
-    let Some(target) = snap.service_by_host(&t.target.host) else {
-        return OutboundPlan {
-            candidates: Vec::new(),
-            service: Some(svc.key.clone()),
-        };
-    };
-    let members = t.target.subset.as_ref().map(|s| {
+    to_target(snap, &t.target, dst.port(), rng).unwrap_or_else(|| OutboundPlan {
+        candidates: Vec::new(),
+        service: Some(svc.key.clone()),
+    })
+}
+
+/// The endpoints of a route's destination (its subset's, when it names one) on its port, or
+/// `port` when it gives none; `None` when no Service has its host.
+pub fn to_target(
+    snap: &Snapshot,
+    t: &crate::l7::config::Target,
+    port: u16,
+    rng: &mut impl Rng,
+) -> Option<OutboundPlan> {
+    let target = snap.service_by_host(&t.host)?;
+    let members = t.subset.as_ref().map(|s| {
         target
             .l7
             .as_ref()
@@ -210,12 +219,12 @@ pub fn tcp_plan(
             .map(|s| s.members.clone())
             .unwrap_or_default()
     });
-    to_service(
+    Some(to_service(
         target,
-        t.target.port.unwrap_or(dst.port()),
+        t.port.unwrap_or(port),
         members.as_ref(),
         rng,
-    )
+    ))
 }
 
 /// An inbound connection as it arrived.

@@ -37,6 +37,8 @@ pub struct Service {
     pub virtual_service: String,
     pub http: Vec<Route>,
     pub tcp: Vec<TcpRoute>,
+    /// SNI routes (an ingress gateway's passthrough listener).
+    pub tls: Vec<TlsRoute>,
     pub destination_rule: String,
     /// Cluster-wide policy and per-subset overrides.
     pub policy: Policy,
@@ -185,6 +187,26 @@ pub struct Route {
 pub struct TcpRoute {
     pub ports: Vec<u16>,
     pub targets: Vec<WeightedTarget>,
+}
+
+/// A TLS route: connections whose SNI matches one of `sni_hosts` (lower case; `*.rest` and
+/// `*` wildcards) go to one of `targets`.
+#[derive(Debug)]
+pub struct TlsRoute {
+    pub sni_hosts: Vec<String>,
+    pub targets: Vec<WeightedTarget>,
+}
+
+impl TlsRoute {
+    /// Whether `sni` (as the client sent it) matches this route.
+    pub fn matches(&self, sni: &str) -> bool {
+        let sni = sni.to_ascii_lowercase();
+        self.sni_hosts.iter().any(|h| match h.strip_prefix('*') {
+            Some("") => true,
+            Some(rest) => sni.ends_with(rest) && sni.len() > rest.len(),
+            None => *h == sni,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

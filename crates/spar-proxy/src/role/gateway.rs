@@ -3,6 +3,7 @@
 //! ports for clients from outside the mesh and sends each request on with its own identity.
 //!
 //! listener (HTTP, or HTTPS with the listener's credential) -> `l7::ingress::serve`
+//! listener passing TLS through by SNI -> `l7::passthrough::serve`
 
 use std::sync::Arc;
 
@@ -14,15 +15,18 @@ use crate::l4::inbound::{Arrived, Deliver};
 use crate::l4::plan::Admitted;
 use crate::l7::Engine;
 use crate::l7::ingress::{self, Ingress};
+use crate::l7::passthrough;
 use crate::net::Capture;
 use crate::proxy::{Listeners, Pod, Proxy, accept_loop};
 use crate::snapshot::WorkloadInfo;
 
-/// One listener port of the gateway, with its TLS credential (HTTPS) or none (HTTP).
+/// One listener port of the gateway, with its TLS credential (HTTPS) or none (HTTP), or
+/// passing TLS through by SNI.
 #[derive(Clone)]
 pub struct GatewayListener {
     pub port: u16,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub passthrough: bool,
 }
 
 pub struct GatewayRole {
@@ -80,10 +84,17 @@ impl Role for GatewayRole {
                         }
                     };
                     let admission = ig.proxy.admission();
-                    let serving = accept_loop(listener, admission, move |s, peer| {
-                        ingress::serve(ig.clone(), l.port, l.tls.clone(), s, peer)
-                    });
-                    let _ = serving.await;
+                    if l.passthrough {
+                        let serving = accept_loop(listener, admission, move |s, peer| {
+                            passthrough::serve(ig.clone(), l.port, s, peer)
+                        });
+                        let _ = serving.await;
+                    } else {
+                        let serving = accept_loop(listener, admission, move |s, peer| {
+                            ingress::serve(ig.clone(), l.port, l.tls.clone(), s, peer)
+                        });
+                        let _ = serving.await;
+                    }
                 })
             })
             .collect()

@@ -40,8 +40,9 @@ pub struct GatewayArgs {
     /// The gateway pod's name.
     #[arg(long)]
     pod: String,
-    /// A listener: `PORT` (HTTP) or `PORT:CERT.pem:KEY.pem` (HTTPS, TLS terminated with that
-    /// credential). Repeatable.
+    /// A listener: `PORT` (HTTP), `PORT:CERT.pem:KEY.pem` (HTTPS, TLS terminated with that
+    /// credential) or `PORT:passthrough` (TLS routed by SNI to a backend that terminates it).
+    /// Repeatable.
     #[arg(long = "listen", required = true)]
     listeners: Vec<String>,
     /// Access log format: text or json.
@@ -53,20 +54,27 @@ pub struct GatewayArgs {
     common: CommonArgs,
 }
 
-/// `PORT` or `PORT:CERT:KEY` -> a listener (the key read here, kept only in this process).
+/// `PORT`, `PORT:CERT:KEY` (HTTPS; the key read here, kept only in this process) or
+/// `PORT:passthrough` (TLS routed by SNI, not terminated) -> a listener.
 fn gateway_listener(spec: &str) -> anyhow::Result<GatewayListener> {
+    const FORMS: &str = "PORT, PORT:CERT:KEY or PORT:passthrough";
     let mut parts = spec.splitn(3, ':');
     let port: u16 = parts
         .next()
         .unwrap_or_default()
         .parse()
-        .with_context(|| format!("listener {spec:?}: PORT or PORT:CERT:KEY"))?;
-    let tls = match (parts.next(), parts.next()) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => Some(Arc::new(server_tls(cert, key)?)),
-        _ => anyhow::bail!("listener {spec:?}: PORT or PORT:CERT:KEY"),
+        .with_context(|| format!("listener {spec:?}: {FORMS}"))?;
+    let (tls, passthrough) = match (parts.next(), parts.next()) {
+        (None, None) => (None, false),
+        (Some("passthrough"), None) => (None, true),
+        (Some(cert), Some(key)) => (Some(Arc::new(server_tls(cert, key)?)), false),
+        _ => anyhow::bail!("listener {spec:?}: {FORMS}"),
     };
-    Ok(GatewayListener { port, tls })
+    Ok(GatewayListener {
+        port,
+        tls,
+        passthrough,
+    })
 }
 
 fn server_tls(cert: &str, key: &str) -> anyhow::Result<rustls::ServerConfig> {

@@ -8,7 +8,8 @@ use super::fields::{At, port, target, weight};
 use super::http_route::{default_retry, route};
 use super::policy::policy;
 use super::{
-    Action, HeaderRules, Policy, Protocol, Route, Service, Subset, Target, TcpRoute, WeightedTarget,
+    Action, HeaderRules, Policy, Protocol, Route, Service, Subset, Target, TcpRoute, TlsRoute,
+    WeightedTarget,
 };
 use crate::Error;
 
@@ -53,6 +54,36 @@ fn tcp_routes(vs: &n::VirtualService, at: &At) -> Result<Vec<TcpRoute>, Error> {
         .collect()
 }
 
+fn tls_routes(vs: &n::VirtualService, at: &At) -> Result<Vec<TlsRoute>, Error> {
+    vs.tls
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = at.sub(format!("tls[{i}]"));
+            let sni_hosts = t
+                .matches
+                .iter()
+                .flat_map(|m| &m.sni_hosts)
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            let targets = t
+                .route
+                .iter()
+                .enumerate()
+                .map(|(j, d)| {
+                    let at = at.sub(format!("route[{j}]"));
+                    Ok(WeightedTarget {
+                        target: target(&d.destination, &at.sub("destination"))?,
+                        weight: weight(d.weight, &at.sub("weight"))?,
+                        headers: HeaderRules::default(),
+                    })
+                })
+                .collect::<Result<_, Error>>()?;
+            Ok(TlsRoute { sni_hosts, targets })
+        })
+        .collect()
+}
+
 /// Compile a resource; an error names the resource and the field.
 pub fn compile(r: &ServiceRoutes) -> Result<Service, Error> {
     let name = format!("{}/{}", r.namespace, r.hostname);
@@ -86,6 +117,7 @@ pub fn compile(r: &ServiceRoutes) -> Result<Service, Error> {
             .map(|(i, h)| route(h, i, &at.sub(format!("http[{i}]"))))
             .collect::<Result<_, _>>()?;
         svc.tcp = tcp_routes(&vs, &at)?;
+        svc.tls = tls_routes(&vs, &at)?;
     }
     if svc.http.is_empty() {
         svc.http.push(default_route(&r.hostname));
