@@ -449,6 +449,17 @@ fn service_entries(reg: &Registry) -> Vec<(String, xw::Address)> {
     out
 }
 
+/// A registry of the resources in `yaml` (mesh defaults), for tests; the YAML must load clean.
+#[cfg(test)]
+pub(crate) fn test_registry(yaml: &str) -> Registry {
+    let l = spar_model::load_str("t.yaml", yaml);
+    assert!(!l.has_errors(), "{:?}", l.problems);
+    Registry::new(
+        crate::registry::MeshSettings::default(),
+        l.resources.into_iter().map(|(r, _)| r),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

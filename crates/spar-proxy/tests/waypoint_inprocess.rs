@@ -8,7 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Builder, Mesh, SUBSETS, request, spread};
+use harness::{Builder, Mesh, SUBSETS, VERSION_SERVICES, request, spread};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -345,19 +345,7 @@ spec:
 /// Gateway routes every Service that uses the waypoint; deleted, the Service spreads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_httproute_on_the_waypoint_gateway_routes_its_services() {
-    let mesh = ambient_with_waypoint(
-        "apiVersion: v1
-kind: Service
-metadata: {name: reviews-v1, namespace: mesh}
-spec: {clusterIP: 10.96.251.1, selector: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: reviews-v2, namespace: mesh}
-spec: {clusterIP: 10.96.251.2, selector: {app: reviews, version: v2}, ports: [{name: http, port: 9080}]}
-",
-    )
-    .await;
+    let mesh = ambient_with_waypoint(VERSION_SERVICES).await;
     let route = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: reviews-at-the-waypoint, namespace: mesh}

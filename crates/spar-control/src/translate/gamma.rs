@@ -547,18 +547,9 @@ fn tcp_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MeshSettings;
+    use crate::translate::test_registry as reg;
     use spar_model::Labels;
     use spar_model::gateway_api::GATEWAY_NAME_LABEL;
-
-    fn reg(yaml: &str) -> Registry {
-        let l = spar_model::load_str("t.yaml", yaml);
-        assert!(!l.has_errors(), "{:?}", l.problems);
-        Registry::new(
-            MeshSettings::default(),
-            l.resources.into_iter().map(|(r, _)| r),
-        )
-    }
 
     #[test]
     fn routes_on_a_service_become_its_virtual_service() {

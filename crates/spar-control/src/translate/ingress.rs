@@ -327,16 +327,7 @@ pub fn visible(reg: &Registry, h: &Host, pod: &Pod<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MeshSettings;
-
-    fn reg(yaml: &str) -> Registry {
-        let l = spar_model::load_str("t.yaml", yaml);
-        assert!(!l.has_errors(), "{:?}", l.problems);
-        Registry::new(
-            MeshSettings::default(),
-            l.resources.into_iter().map(|(r, _)| r),
-        )
-    }
+    use crate::translate::test_registry as reg;
 
     /// The routes of a gateway port's host, as the gateway's pods receive them.
     fn host<'a>(all: &'a [(String, Host)], name: &str) -> &'a VirtualService {

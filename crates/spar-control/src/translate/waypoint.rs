@@ -165,16 +165,7 @@ pub fn served_by<'a>(reg: &'a Registry, pod: &crate::registry::Pod<'_>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MeshSettings;
-
-    fn reg(yaml: &str) -> Registry {
-        let l = spar_model::load_str("t.yaml", yaml);
-        assert!(!l.has_errors(), "{:?}", l.problems);
-        Registry::new(
-            MeshSettings::default(),
-            l.resources.into_iter().map(|(r, _)| r),
-        )
-    }
+    use crate::translate::test_registry as reg;
 
     const MESH: &str = "
 apiVersion: v1

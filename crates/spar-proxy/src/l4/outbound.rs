@@ -96,6 +96,24 @@ pub async fn connect(
     connect_traced(proxy, pod, up, src, &crate::hbone::traceparent()).await
 }
 
+/// Connect to the first of `candidates` that answers: the stream and the candidate it went
+/// to, or the last error ("no endpoint" when there were none).
+pub async fn connect_first<'a>(
+    proxy: &Proxy,
+    pod: &Pod,
+    candidates: &'a [Upstream],
+    src: SocketAddr,
+) -> Result<(UpstreamIo, &'a Upstream), String> {
+    let mut last = String::from("no endpoint");
+    for up in candidates {
+        match connect(proxy, pod, up, src).await {
+            Ok(io) => return Ok((io, up)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
 /// `connect`, with the HBONE CONNECT's `traceparent` (the connection's id in the logs of
 /// both node proxies) given.
 pub async fn connect_traced(

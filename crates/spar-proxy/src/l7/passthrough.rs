@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::config::{Target, TlsRoute};
 use super::ingress::Ingress;
-use crate::l4::outbound::connect;
+use crate::l4::outbound::connect_first;
 use crate::l4::plan::to_target;
 use crate::l4::relay::{labels, relay};
 use crate::snapshot::Snapshot;
@@ -48,28 +48,24 @@ pub async fn serve(ig: Arc<Ingress>, port: u16, mut s: TcpStream, peer: SocketAd
     let Some(plan) = to_target(&snap, &target, port, &mut rand::rng()) else {
         return tracing::info!(target: "access", "{log} sni={sni} error=\"no service {}\"", target.host);
     };
-    let mut last = String::from("no endpoint");
-    for up in &plan.candidates {
-        match connect(&ig.proxy, &ig.pod, up, peer).await {
-            Ok(mut upstream) => {
-                if let Err(e) = upstream.write_all(&hello).await {
-                    last = e.to_string();
-                    continue;
-                }
-                let l = labels(
-                    "source",
-                    Some(&ig.pod.workload),
-                    up.workload().map(|w| &**w),
-                    plan.service.as_ref(),
-                    up.mtls(),
-                );
-                let log = format!("{log} sni={sni} upstream={}", up.target());
-                return relay(&ig.proxy.metrics, s, upstream, l, log, None).await;
-            }
-            Err(e) => last = e.to_string(),
+    let (mut upstream, up) = match connect_first(&ig.proxy, &ig.pod, &plan.candidates, peer).await {
+        Ok(x) => x,
+        Err(last) => {
+            return tracing::info!(target: "access", "{log} sni={sni} error=\"{last}\"");
         }
+    };
+    let log = format!("{log} sni={sni} upstream={}", up.target());
+    if let Err(e) = upstream.write_all(&hello).await {
+        return tracing::info!(target: "access", "{log} error=\"{e}\"");
     }
-    tracing::info!(target: "access", "{log} sni={sni} error=\"{last}\"");
+    let l = labels(
+        "source",
+        Some(&ig.pod.workload),
+        up.workload().map(|w| &**w),
+        plan.service.as_ref(),
+        up.mtls(),
+    );
+    relay(&ig.proxy.metrics, s, upstream, l, log, None).await
 }
 
 /// Read until a whole ClientHello is in: the bytes read, and the server name it asks for.

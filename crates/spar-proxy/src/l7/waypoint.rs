@@ -34,7 +34,7 @@ use super::downstream::Downstream;
 use super::telemetry::{HttpLabels, Peers, is_grpc};
 use crate::h2stream::H2Stream;
 use crate::hbone;
-use crate::l4::outbound::connect;
+use crate::l4::outbound::connect_first;
 use crate::l4::plan::{Admitted, OutboundPlan, Upstream, principal, tcp_plan};
 use crate::l4::relay::{labels, relay};
 use crate::proxy::{Pod, Proxy};
@@ -278,26 +278,24 @@ async fn tcp(
             service: None,
         },
     };
-    let mut last = String::from("no endpoint");
-    for up in &plan.candidates {
-        match connect(&wp.proxy, &wp.pod, up, conn.peer).await {
-            Ok(upstream) => {
-                let Some(io) = hbone::accept(respond, recv) else {
-                    return;
-                };
-                let l = labels(
-                    "waypoint",
-                    conn.source.as_deref(),
-                    up.workload().map(|w| &**w),
-                    plan.service.as_ref(),
-                    up.mtls(),
-                );
-                let log = format!("{log} upstream={}", up.target());
-                return relay(&wp.proxy.metrics, io, upstream, l, log, None).await;
-            }
-            Err(e) => last = e.to_string(),
+    match connect_first(&wp.proxy, &wp.pod, &plan.candidates, conn.peer).await {
+        Ok((upstream, up)) => {
+            let Some(io) = hbone::accept(respond, recv) else {
+                return;
+            };
+            let l = labels(
+                "waypoint",
+                conn.source.as_deref(),
+                up.workload().map(|w| &**w),
+                plan.service.as_ref(),
+                up.mtls(),
+            );
+            let log = format!("{log} upstream={}", up.target());
+            relay(&wp.proxy.metrics, io, upstream, l, log, None).await
+        }
+        Err(last) => {
+            tracing::info!(target: "access", "{log} error=\"{last}\"");
+            hbone::refuse(respond, StatusCode::SERVICE_UNAVAILABLE)
         }
     }
-    tracing::info!(target: "access", "{log} error=\"{last}\"");
-    hbone::refuse(respond, StatusCode::SERVICE_UNAVAILABLE)
 }

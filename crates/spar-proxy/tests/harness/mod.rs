@@ -812,6 +812,24 @@ impl H2Client {
     }
 }
 
+/// A Service per version of reviews, as Istio's Gateway API tasks have.
+pub const VERSION_SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: mesh}
+spec: {clusterIP: 10.96.251.1, selector: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: mesh}
+spec: {clusterIP: 10.96.251.2, selector: {app: reviews, version: v2}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v3, namespace: mesh}
+spec: {clusterIP: 10.96.251.3, selector: {app: reviews, version: v3}, ports: [{name: http, port: 9080}]}
+";
+
 /// Requests `n` times and counts the answers by pod (`-` for failures) and status.
 pub async fn spread(
     mesh: &Mesh,

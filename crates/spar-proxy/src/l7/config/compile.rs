@@ -23,6 +23,22 @@ fn protocol(p: &str) -> Protocol {
     }
 }
 
+/// The weighted destinations of a TCP or TLS route.
+fn l4_targets(route: &[n::RouteDestination], at: &At) -> Result<Vec<WeightedTarget>, Error> {
+    route
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
+            let at = at.sub(format!("route[{j}]"));
+            Ok(WeightedTarget {
+                target: target(&d.destination, &at.sub("destination"))?,
+                weight: weight(d.weight, &at.sub("weight"))?,
+                headers: HeaderRules::default(),
+            })
+        })
+        .collect()
+}
+
 fn tcp_routes(vs: &n::VirtualService, at: &At) -> Result<Vec<TcpRoute>, Error> {
     vs.tcp
         .iter()
@@ -36,19 +52,7 @@ fn tcp_routes(vs: &n::VirtualService, at: &At) -> Result<Vec<TcpRoute>, Error> {
                 .filter_map(|(j, m)| m.port.map(|p| (j, p)))
                 .map(|(j, p)| port(p, &at.sub(format!("match[{j}].port"))))
                 .collect::<Result<_, Error>>()?;
-            let targets = t
-                .route
-                .iter()
-                .enumerate()
-                .map(|(j, d)| {
-                    let at = at.sub(format!("route[{j}]"));
-                    Ok(WeightedTarget {
-                        target: target(&d.destination, &at.sub("destination"))?,
-                        weight: weight(d.weight, &at.sub("weight"))?,
-                        headers: HeaderRules::default(),
-                    })
-                })
-                .collect::<Result<_, Error>>()?;
+            let targets = l4_targets(&t.route, &at)?;
             Ok(TcpRoute { ports, targets })
         })
         .collect()
@@ -66,19 +70,7 @@ fn tls_routes(vs: &n::VirtualService, at: &At) -> Result<Vec<TlsRoute>, Error> {
                 .flat_map(|m| &m.sni_hosts)
                 .map(|h| h.to_ascii_lowercase())
                 .collect();
-            let targets = t
-                .route
-                .iter()
-                .enumerate()
-                .map(|(j, d)| {
-                    let at = at.sub(format!("route[{j}]"));
-                    Ok(WeightedTarget {
-                        target: target(&d.destination, &at.sub("destination"))?,
-                        weight: weight(d.weight, &at.sub("weight"))?,
-                        headers: HeaderRules::default(),
-                    })
-                })
-                .collect::<Result<_, Error>>()?;
+            let targets = l4_targets(&t.route, &at)?;
             Ok(TlsRoute { sni_hosts, targets })
         })
         .collect()
