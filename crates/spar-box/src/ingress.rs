@@ -137,7 +137,7 @@ pub fn is_ingress(pod: &PodPlan) -> bool {
 /// The listeners of an ingress pod: each port of the gateways that select it, HTTPS ones
 /// with their Secret (namespace, name).
 pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
-    let mut out: BTreeMap<u32, (Option<(String, String)>, bool)> = BTreeMap::new();
+    let mut out: BTreeMap<u32, PortMode> = BTreeMap::new();
     for r in resources {
         match &r.spec {
             Spec::K8sGateway(g)
@@ -159,7 +159,7 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                         .flatten();
                     let passthrough =
                         l.protocol == "TLS" && tls_mode(&l.tls) == Some("Passthrough");
-                    out.insert(l.port, (secret, passthrough));
+                    add(&mut out, l.port, secret, passthrough);
                 }
             }
             Spec::Gateway(g) if !g.selector.is_empty() && selects(&g.selector, &pod.labels) => {
@@ -171,7 +171,7 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                         .and_then(|c| c.as_str())
                         .map(|c| (pod.namespace.clone(), c.to_string()));
                     let passthrough = tls_mode(&s.tls) == Some("PASSTHROUGH");
-                    out.entry(s.port.number).or_insert((secret, passthrough));
+                    add(&mut out, s.port.number, secret, passthrough);
                 }
             }
             _ => {}
@@ -184,6 +184,29 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
             passthrough,
         })
         .collect()
+}
+
+/// A port's Secret (namespace, name) for HTTPS, and whether it passes TLS through.
+type PortMode = (Option<(String, String)>, bool);
+
+/// A pod's listener on `port`: the first gateway to name the port decides its mode; another
+/// that wants the other mode on it is reported by name (one port cannot be both).
+fn add(
+    out: &mut BTreeMap<u32, PortMode>,
+    port: u32,
+    secret: Option<(String, String)>,
+    passthrough: bool,
+) {
+    match out.get(&port) {
+        Some((_, first)) if *first != passthrough => tracing::error!(
+            port,
+            "gateways on one pod disagree whether port {port} passes TLS through; the first one's mode is kept"
+        ),
+        Some(_) => {}
+        None => {
+            out.insert(port, (secret, passthrough));
+        }
+    }
 }
 
 /// `tls.mode` of a listener or server.

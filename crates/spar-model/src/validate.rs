@@ -111,6 +111,28 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
             }
         }
         Spec::Gateway(g) => {
+            // One port is either passed through by SNI or served here, never both.
+            let passthrough = |srv: &crate::istio::networking::Server| {
+                srv.tls
+                    .as_ref()
+                    .and_then(|t| t.get("mode"))
+                    .and_then(|m| m.as_str())
+                    == Some("PASSTHROUGH")
+            };
+            for (i, srv) in g.servers.iter().enumerate() {
+                if g.servers[..i]
+                    .iter()
+                    .any(|o| o.port.number == srv.port.number && passthrough(o) != passthrough(srv))
+                {
+                    v.err(
+                        format!("spec.servers[{i}].tls.mode"),
+                        format!(
+                            "port {} mixes PASSTHROUGH with other modes: give passthrough hosts a port of their own",
+                            srv.port.number
+                        ),
+                    );
+                }
+            }
             for (i, srv) in g.servers.iter().enumerate() {
                 let Some(tls) = &srv.tls else { continue };
                 let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("SIMPLE");
@@ -133,6 +155,28 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
                     v.err(
                         format!("spec.listeners[{i}].protocol"),
                         format!("unknown protocol {:?}", l.protocol),
+                    );
+                }
+            }
+            let passthrough = |l: &crate::gateway_api::Listener| {
+                l.protocol == "TLS"
+                    && l.tls
+                        .as_ref()
+                        .and_then(|t| t.get("mode"))
+                        .and_then(|m| m.as_str())
+                        == Some("Passthrough")
+            };
+            for (i, l) in s.listeners.iter().enumerate() {
+                if s.listeners[..i]
+                    .iter()
+                    .any(|o| o.port == l.port && passthrough(o) != passthrough(l))
+                {
+                    v.err(
+                        format!("spec.listeners[{i}]"),
+                        format!(
+                            "port {} mixes a TLS Passthrough listener with others: give it a port of its own",
+                            l.port
+                        ),
                     );
                 }
             }
@@ -433,6 +477,46 @@ mod tests {
             assert!(found[0].1.contains("reserved"), "{found:?}");
         }
         assert!(ap("spar-allow").is_empty());
+    }
+
+    #[test]
+    fn a_port_is_passed_through_or_served_never_both() {
+        let classic = |second_mode: &str| {
+            issues(
+                json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": {"name": "g", "namespace": "a"},
+                "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                    {"port": {"number": 443, "name": "a", "protocol": "HTTPS"}, "hosts": ["a.example.com"],
+                     "tls": {"mode": "PASSTHROUGH"}},
+                    {"port": {"number": 443, "name": "b", "protocol": "HTTPS"}, "hosts": ["b.example.com"],
+                     "tls": {"mode": second_mode, "credentialName": "c"}}]}}),
+            )
+        };
+        let mixed = classic("SIMPLE");
+        assert!(
+            mixed
+                .iter()
+                .any(|(p, m)| p == "spec.servers[1].tls.mode" && m.contains("port 443")),
+            "{mixed:?}"
+        );
+        assert!(
+            classic("PASSTHROUGH").is_empty(),
+            "{:?}",
+            classic("PASSTHROUGH")
+        );
+        let api = issues(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "g", "namespace": "a"},
+            "spec": {"gatewayClassName": "istio", "listeners": [
+                {"name": "a", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+                {"name": "b", "port": 443, "protocol": "HTTPS",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"name": "c"}]}}]}}),
+        );
+        assert!(
+            api.iter()
+                .any(|(p, m)| p == "spec.listeners[1]" && m.contains("port 443")),
+            "{api:?}"
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! answers 500, as the Gateway API specifies. When a Service has both, its HTTPRoutes win
 //! over a VirtualService.
 //!
-//! Routes whose `parentRefs` name a waypoint `Gateway` (class `istio-waypoint`) route every
-//! Service that uses that waypoint (narrowed by the route's `hostnames`), and only at that
-//! waypoint: sidecars and other waypoints do not see them. At the waypoint, a Service's own
-//! routes come first, then the waypoint's (`waypoint_virtual_services`).
+//! Routes whose `parentRefs` name a waypoint `Gateway` (class `istio-waypoint`; from another
+//! namespace only where its listener's `allowedRoutes` admits it) route every Service that
+//! uses that waypoint (narrowed by the route's `hostnames`), and only at that waypoint:
+//! sidecars and other waypoints do not see them. At the waypoint, a Service's own Gateway API
+//! routes come first, then the waypoint's (`waypoint_virtual_services`); like any Gateway API
+//! routes, together they win over the Service's VirtualService.
 
 use std::collections::BTreeMap;
 
@@ -434,7 +436,15 @@ fn waypoint_parents(
         })
         .filter_map(|p| {
             let ns = p.namespace.as_deref().unwrap_or(r.namespace());
-            super::waypoint::gateway(reg, ns, &p.name).map(|_| (ns.to_string(), p.name.clone()))
+            let gw = super::waypoint::gateway(reg, ns, &p.name)?;
+            let Spec::K8sGateway(g) = &gw.spec else {
+                return None;
+            };
+            // A route of another namespace attaches only where the listener's
+            // `allowedRoutes` admits that namespace (Gateway API's default: the same only).
+            let admitted = ns == r.namespace()
+                || super::waypoint::allows_from(g, reg.namespace_labels(r.namespace()));
+            admitted.then(|| (ns.to_string(), p.name.clone()))
         })
         .collect()
 }
@@ -749,5 +759,63 @@ spec:
         assert_eq!(routed_to(&grant("HTTPRoute", "a", ", name: x")), "500");
         assert_eq!(routed_to(&grant("GRPCRoute", "a", "")), "500");
         assert_eq!(routed_to(&grant("HTTPRoute", "c", "")), "500");
+    }
+
+    #[test]
+    fn a_route_of_another_namespace_attaches_to_a_waypoint_only_where_it_is_allowed() {
+        let yaml = |allowed: &str| {
+            format!(
+                "
+apiVersion: v1
+kind: Namespace
+metadata: {{name: a, labels: {{istio.io/use-waypoint: wp}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: b, labels: {{team: b}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: a}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE{allowed}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: a}}
+spec: {{selector: {{app: echo}}, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: thief, namespace: b}}
+spec: {{selector: {{app: thief}}, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: hijack, namespace: b}}
+spec:
+  parentRefs: [{{kind: Gateway, name: wp, namespace: a}}]
+  rules: [{{backendRefs: [{{name: thief, port: 80}}]}}]
+"
+            )
+        };
+        let attached = |allowed: &str| {
+            crate::translate::l7::hosts(&reg(&yaml(allowed)))["a/echo.a.svc.cluster.local"]
+                .waypoint_routes
+                .is_some()
+        };
+        assert!(
+            !attached(""),
+            "the default admits the Gateway's namespace only"
+        );
+        assert!(!attached(", allowedRoutes: {namespaces: {from: Same}}"));
+        assert!(attached(", allowedRoutes: {namespaces: {from: All}}"));
+        assert!(attached(
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: b}}}}"
+        ));
+        assert!(!attached(
+            ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: c}}}}"
+        ));
     }
 }

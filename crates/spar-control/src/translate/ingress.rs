@@ -49,19 +49,32 @@ pub fn tls_mode(tls: &Option<Value>) -> Option<&str> {
     tls.as_ref()?.get("mode")?.as_str()
 }
 
-/// Whether a route's `parentRefs` name gateway `gw` (on `port`, when they give one).
+/// Whether a route's `parentRefs` name gateway `gw` (on `port`, when they give one). Gateway
+/// API routes attach to Gateway API Gateways only, never to Istio's classic ones.
 fn attached_to(
     refs: &[spar_model::gateway_api::ParentReference],
     route: &Resource,
     gw: &Resource,
     port: u32,
 ) -> bool {
-    refs.iter().any(|p| {
-        matches!(p.kind.as_deref(), None | Some("Gateway"))
-            && p.namespace.as_deref().unwrap_or(route.namespace()) == gw.namespace()
-            && p.name == gw.name()
-            && p.port.is_none_or(|pp| pp == port)
-    })
+    gw.kind == Kind::K8sGateway
+        && refs.iter().any(|p| {
+            matches!(p.kind.as_deref(), None | Some("Gateway"))
+                && matches!(p.group.as_deref(), None | Some("gateway.networking.k8s.io"))
+                && p.namespace.as_deref().unwrap_or(route.namespace()) == gw.namespace()
+                && p.name == gw.name()
+                && p.port.is_none_or(|pp| pp == port)
+        })
+}
+
+/// Whether a listener hostname (`name` or `*.suffix`) admits a route hostname (a name or a
+/// wildcard of its own), case-insensitively.
+fn host_admits(listener: &str, route: &str) -> bool {
+    let (l, r) = (listener.to_ascii_lowercase(), route.to_ascii_lowercase());
+    match l.strip_prefix('*') {
+        Some(suffix) => r.ends_with(suffix) && r.len() > suffix.len(),
+        None => l == r,
+    }
 }
 
 /// The SNI routes of gateway `gw`'s passthrough `port`: VirtualServices bound to it (their
@@ -115,8 +128,17 @@ fn tls_rules(reg: &Registry, gw: &Resource, port: u32, listener_hosts: &[String]
         let sni: Vec<String> = match (&tr.hostnames[..], listener_hosts) {
             ([], []) => vec!["*".into()],
             ([], l) => l.to_vec(),
-            (h, _) => h.to_vec(),
+            (h, []) => h.to_vec(),
+            // Both given: the route's names that the listener's admit.
+            (h, l) => h
+                .iter()
+                .filter(|h| l.iter().any(|l| host_admits(l, h)))
+                .cloned()
+                .collect(),
         };
+        if sni.is_empty() {
+            continue;
+        }
         for rule in &tr.rules {
             // Backends that do not exist or are not granted are left out (a TLS connection
             // has no error status to answer with); a rule left with none routes nothing.
@@ -376,6 +398,21 @@ spec:
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TLSRoute
+metadata: {name: narrowed, namespace: a}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [www.example.com, www.example.org]
+  rules: [{backendRefs: [{name: my-nginx, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: not-on-classic, namespace: a}
+spec:
+  parentRefs: [{name: mygateway}]
+  rules: [{backendRefs: [{name: my-nginx, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
 metadata: {name: nginx, namespace: a}
 spec:
   parentRefs: [{name: gw}]
@@ -415,17 +452,23 @@ spec:
         assert_eq!(classic.tls[0].matches[0].sni_hosts, ["nginx.example.com"]);
         let d = &classic.tls[0].route[0].destination;
         assert_eq!(d.host, "my-nginx.a.svc.cluster.local");
+        let classic_http = host(&all, "mygateway.a.gateway-80");
         assert!(
-            host(&all, "mygateway.a.gateway-80").tls.is_empty(),
+            classic_http.tls.is_empty(),
             "an HTTP server has no SNI routes"
         );
+        assert!(
+            classic_http.http.is_empty(),
+            "Gateway API routes do not attach to a classic Gateway of the same name"
+        );
         let api = host(&all, "gw.a.gateway-8443");
+        // TLSRoutes in name order: `narrowed`, then `nginx`.
         assert_eq!(
-            api.tls[0].matches[0].sni_hosts,
+            api.tls[1].matches[0].sni_hosts,
             ["*.example.com"],
             "no hostnames: the listener's"
         );
-        let hosts_weights: Vec<(&str, Option<u32>)> = api.tls[0]
+        let hosts_weights: Vec<(&str, Option<u32>)> = api.tls[1]
             .route
             .iter()
             .map(|d| (d.destination.host.as_str(), d.weight.map(|w| w as u32)))
@@ -437,6 +480,11 @@ spec:
                 ("b.c.svc.cluster.local", Some(1))
             ],
             "a backend in another namespace without a ReferenceGrant, or missing, is left out"
+        );
+        assert_eq!(
+            api.tls[0].matches[0].sni_hosts,
+            ["www.example.com"],
+            "a route's hostnames narrowed to those the listener admits"
         );
         assert!(
             !all.iter().any(|(k, _)| k.ends_with("gw.a.gateway-9000")),

@@ -77,8 +77,11 @@ pub fn waypoint_of(
     ok.then(|| (wp_ns.to_string(), name.to_string()))
 }
 
-/// Whether the waypoint's listener admits routes (here: users) from another namespace.
-fn allows_from(g: &spar_model::gateway_api::Gateway, ns_labels: Option<&Labels>) -> bool {
+/// Whether the waypoint's listener admits routes (and users) from another namespace.
+pub(crate) fn allows_from(
+    g: &spar_model::gateway_api::Gateway,
+    ns_labels: Option<&Labels>,
+) -> bool {
     let Some(ns) = g
         .listeners
         .first()

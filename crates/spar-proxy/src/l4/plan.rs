@@ -192,9 +192,14 @@ pub fn tcp_plan(
     let Some(route) = route else {
         return plan_outbound(snap, dst, false, rng);
     };
+    // A route that matched but has no destination left (a Gateway API route whose backends
+    // are all missing or not granted) refuses the connection: never the original address.
     let Some(t) = crate::l7::route::pick_weighted(&route.targets, |n| rng.random_range(0..n))
     else {
-        return plan_outbound(snap, dst, false, rng);
+        return OutboundPlan {
+            candidates: Vec::new(),
+            service: Some(svc.key.clone()),
+        };
     };
     to_target(snap, &t.target, dst.port(), rng).unwrap_or_else(|| OutboundPlan {
         candidates: Vec::new(),

@@ -200,12 +200,21 @@ pub struct TlsRoute {
 impl TlsRoute {
     /// Whether `sni` (as the client sent it) matches this route.
     pub fn matches(&self, sni: &str) -> bool {
+        self.specificity(sni).is_some()
+    }
+
+    /// How specifically this route matches `sni`: `None` when it does not; an exact name
+    /// scores above any wildcard, a longer wildcard above a shorter, `*` lowest.
+    pub fn specificity(&self, sni: &str) -> Option<usize> {
         let sni = sni.to_ascii_lowercase();
-        self.sni_hosts.iter().any(|h| match h.strip_prefix('*') {
-            Some("") => true,
-            Some(rest) => sni.ends_with(rest) && sni.len() > rest.len(),
-            None => *h == sni,
-        })
+        self.sni_hosts
+            .iter()
+            .filter_map(|h| match h.strip_prefix('*') {
+                Some("") => Some(0),
+                Some(rest) => (sni.ends_with(rest) && sni.len() > rest.len()).then_some(rest.len()),
+                None => (*h == sni).then_some(usize::MAX),
+            })
+            .max()
     }
 }
 

@@ -82,33 +82,44 @@ async fn client_hello(s: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), St
         if seen.len() > MAX_HELLO {
             return Err("ClientHello larger than 64 KiB".into());
         }
+        // The Acceptor buffers one record until `accept` processes it: offer it the bytes a
+        // record at a time, so a ClientHello spread over several records fits.
         let mut chunk = &buf[..n];
         while !chunk.is_empty() {
             acceptor
                 .read_tls(&mut chunk)
                 .map_err(|e| format!("not TLS: {e}"))?;
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let sni = accepted.client_hello().server_name().map(str::to_string);
-                return Ok((seen, sni));
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let sni = accepted.client_hello().server_name().map(str::to_string);
+                    return Ok((seen, sni));
+                }
+                Ok(None) => {}
+                Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
             }
-            Ok(None) => continue,
-            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
         }
     }
 }
 
-/// The destination of the first TLS route of `port`'s gateway hosts that matches `sni`.
+/// The destination of the TLS route of `port`'s gateway hosts that matches `sni` most
+/// specifically (an exact name, then the longest wildcard; the first among equals).
 fn pick(snap: &Snapshot, port: u16, sni: &str, rng: &mut impl rand::Rng) -> Option<Target> {
     let suffix = format!(".gateway-{port}");
-    let route: &TlsRoute = snap
+    let mut best: Option<(usize, &TlsRoute)> = None;
+    for r in snap
         .services
         .values()
         .filter(|s| s.service.is_none() && s.key.hostname().ends_with(&suffix))
         .filter_map(|s| s.l7.as_deref())
         .flat_map(|l7| &l7.tls)
-        .find(|r| r.matches(sni))?;
+    {
+        if let Some(score) = r.specificity(sni)
+            && best.is_none_or(|(b, _)| score > b)
+        {
+            best = Some((score, r));
+        }
+    }
+    let (_, route) = best?;
     super::route::pick_weighted(&route.targets, |n| rng.random_range(0..n))
         .map(|t| t.target.clone())
 }
@@ -116,6 +127,73 @@ fn pick(snap: &Snapshot, port: u16, sni: &str, rng: &mut impl rand::Rng) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real client's ClientHello for `sni`, with `alpn` protocols to make it as large as
+    /// a test needs (rustls splits a hello over 16 KiB into several records).
+    fn hello(sni: &str, alpn: usize) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        cfg.alpn_protocols = (0..alpn)
+            .map(|i| format!("{i:0>200}").into_bytes())
+            .collect();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("a name");
+        let mut c = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).expect("write");
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_server_name_is_read_from_small_and_multi_record_hellos() {
+        for (alpn, at_least) in [(0, 100), (120, 20_000)] {
+            let sent = hello("nginx.example.com", alpn);
+            assert!(sent.len() >= at_least, "{}", sent.len());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let client = tokio::spawn({
+                let sent = sent.clone();
+                async move {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    // In two writes, the split inside a record.
+                    s.write_all(&sent[..sent.len() / 3]).await.expect("write");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    s.write_all(&sent[sent.len() / 3..]).await.expect("write");
+                    s
+                }
+            });
+            let (mut s, _) = l.accept().await.expect("accept");
+            let (seen, sni) = client_hello(&mut s).await.expect("a ClientHello");
+            assert_eq!(sni.as_deref(), Some("nginx.example.com"), "{alpn}");
+            assert_eq!(seen, sent, "every byte kept, to be replayed");
+            drop(client.await);
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_tls_are_refused() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            s
+        });
+        let (mut s, _) = l.accept().await.expect("accept");
+        assert!(client_hello(&mut s).await.is_err());
+        drop(client.await);
+    }
 
     #[test]
     fn sni_hosts_match_exactly_or_by_wildcard() {
@@ -135,5 +213,11 @@ mod tests {
         ] {
             assert_eq!(r(hosts).matches(sni), want, "{hosts:?} {sni}");
         }
+        // More specific names score higher, so the most specific route wins.
+        let s = |h: &str| r(&[h]).specificity("nginx.example.com");
+        assert!(s("nginx.example.com") > s("*.example.com"));
+        assert!(s("*.example.com") > s("*.com"));
+        assert!(s("*.com") > s("*"));
+        assert_eq!(s("other.example.com"), None);
     }
 }

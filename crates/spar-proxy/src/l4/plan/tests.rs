@@ -178,6 +178,36 @@ fn tcp_routes_pick_a_subset_by_weight() {
 }
 
 #[test]
+fn a_tcp_route_left_without_destinations_refuses() {
+    // A Gateway API route whose backends are all missing or not granted arrives with an
+    // empty route: the connection is refused, never sent to the address the client named.
+    let web = key("ns", "web");
+    let l7 = l7_with_tcp_routes(
+        serde_json::json!([{"match": [{"port": 80}], "route": []}]),
+        &[],
+    );
+    let snap = snapshot(
+        vec![workload(
+            "ns",
+            "a",
+            [10, 0, 1, 2],
+            true,
+            &[(&web, 80, 8080)],
+        )],
+        vec![service("ns", "web", [10, 96, 0, 1])],
+        vec![l7],
+    );
+    let svc = snap.by_vip[&"10.96.0.1".parse().expect("ip")].clone();
+    let p = tcp_plan(
+        &snap,
+        &svc,
+        addr("10.96.0.1:80"),
+        &mut StdRng::seed_from_u64(1),
+    );
+    assert!(p.candidates.is_empty(), "{:?}", p.candidates.len());
+}
+
+#[test]
 fn principals_parse_strictly() {
     for (id, principal_, ns) in [
         (
