@@ -580,7 +580,9 @@ impl Mesh {
         role
     }
 
-    /// Wait until the proxy holding `p` has enrolled it and has its certificate.
+    /// Wait until the proxy holding `p` has enrolled it (captured, with its outbound and
+    /// inbound listeners in the pod: capture comes first, and a connection in between found
+    /// no listener) and has its certificate.
     pub async fn wait_enrolled(&self, proxy: &Arc<Proxy>, p: &PodSpec) {
         let (net, ip) = (self.net.clone(), p.ip);
         eventually(
@@ -588,7 +590,11 @@ impl Mesh {
             Duration::from_secs(10),
             || {
                 let net = net.clone();
-                async move { net.is_captured(ip) }
+                async move {
+                    net.is_captured(ip)
+                        && net.listening(ip, 15001).is_some()
+                        && net.listening(ip, 15006).is_some()
+                }
             },
         )
         .await;
