@@ -26,13 +26,21 @@ pub const ROLE_LABEL: &str = "spar.io/gateway-role";
 /// The Gateway API class of ingress gateways.
 pub const CLASS: &str = "istio";
 
-/// A listener of an ingress pod: its port and, for HTTPS, the Secret with its credential;
-/// or a port that passes TLS through by SNI.
+/// A listener of an ingress pod: its port and, for HTTPS, the credentials served on it (one
+/// per listener or server on the port, each with the host names it is for: the client's SNI
+/// picks one); or a port that passes TLS through by SNI.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub port: u32,
-    pub secret: Option<(String, String)>,
+    pub credentials: Vec<Credential>,
     pub passthrough: bool,
+}
+
+/// A Secret (namespace, name) and the host names it is served for (empty: any).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub secret: (String, String),
+    pub hosts: Vec<String>,
 }
 
 fn decode(doc: serde_json::Value, what: &str) -> Result<Resource, Error> {
@@ -98,7 +106,14 @@ pub fn expand(resources: &[Resource]) -> Result<Vec<Resource>, Error> {
                     GATEWAY_NAME_LABEL: r.name(), "istio.io/dataplane-mode": "none", "sidecar.istio.io/inject": "false",
                     ROLE_LABEL: "ingress", "spar.io/gateway": name,
                 });
-                let ports: Vec<u32> = g.listeners.iter().map(|l| l.port).collect();
+                // Listeners may share a port (HTTPS for several hosts): one Service port each.
+                let ports: Vec<u32> = g
+                    .listeners
+                    .iter()
+                    .map(|l| l.port)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 out.extend(unit(resources, r.namespace(), &name, labels, &ports)?);
             }
             Spec::Gateway(g)
@@ -154,7 +169,10 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                                 .get("certificateRefs")?
                                 .get(0)?
                                 .get("name")?;
-                            Some((r.namespace().to_string(), name.as_str()?.to_string()))
+                            Some(Credential {
+                                secret: (r.namespace().to_string(), name.as_str()?.to_string()),
+                                hosts: l.hostname.iter().cloned().collect(),
+                            })
                         })
                         .flatten();
                     let passthrough =
@@ -169,7 +187,10 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
                         .as_ref()
                         .and_then(|t| t.get("credentialName"))
                         .and_then(|c| c.as_str())
-                        .map(|c| (pod.namespace.clone(), c.to_string()));
+                        .map(|c| Credential {
+                            secret: (pod.namespace.clone(), c.to_string()),
+                            hosts: s.hosts.iter().filter(|h| *h != "*").cloned().collect(),
+                        });
                     let passthrough = tls_mode(&s.tls) == Some("PASSTHROUGH");
                     add(&mut out, s.port.number, secret, passthrough);
                 }
@@ -178,33 +199,34 @@ pub fn listeners(resources: &[Resource], pod: &PodPlan) -> Vec<Listener> {
         }
     }
     out.into_iter()
-        .map(|(port, (secret, passthrough))| Listener {
+        .map(|(port, (credentials, passthrough))| Listener {
             port,
-            secret: secret.filter(|_| !passthrough),
+            credentials: if passthrough { Vec::new() } else { credentials },
             passthrough,
         })
         .collect()
 }
 
-/// A port's Secret (namespace, name) for HTTPS, and whether it passes TLS through.
-type PortMode = (Option<(String, String)>, bool);
+/// A port's HTTPS credentials, and whether it passes TLS through.
+type PortMode = (Vec<Credential>, bool);
 
 /// A pod's listener on `port`: the first gateway to name the port decides its mode; another
-/// that wants the other mode on it is reported by name (one port cannot be both).
-fn add(
-    out: &mut BTreeMap<u32, PortMode>,
-    port: u32,
-    secret: Option<(String, String)>,
-    passthrough: bool,
-) {
-    match out.get(&port) {
-        Some((_, first)) if *first != passthrough => tracing::error!(
+/// that wants the other mode on it is reported by name (one port cannot be both). Each
+/// HTTPS listener or server on the port adds its credential.
+fn add(out: &mut BTreeMap<u32, PortMode>, port: u32, cred: Option<Credential>, passthrough: bool) {
+    let (creds, first) = out.entry(port).or_insert((Vec::new(), passthrough));
+    if *first != passthrough {
+        return tracing::error!(
             port,
             "gateways on one pod disagree whether port {port} passes TLS through; the first one's mode is kept"
-        ),
-        Some(_) => {}
-        None => {
-            out.insert(port, (secret, passthrough));
+        );
+    }
+    if let Some(c) = cred {
+        match creds.iter_mut().find(|x| x.secret == c.secret) {
+            // One Secret on several listeners: served for all their names (or any).
+            Some(x) if x.hosts.is_empty() || c.hosts.is_empty() => x.hosts.clear(),
+            Some(x) => x.hosts.extend(c.hosts),
+            None => creds.push(c),
         }
     }
 }
@@ -265,15 +287,27 @@ pub async fn run(
     let mut args = Vec::new();
     let creds = root.join("gateways").join(&key);
     for l in &listeners {
-        match &l.secret {
-            None if l.passthrough => args.push(format!("{}:passthrough", l.port)),
-            None => args.push(l.port.to_string()),
-            Some(s) => match credential(&resources, &creds, s) {
-                Ok((c, k)) => args.push(format!("{}:{}:{}", l.port, c.display(), k.display())),
+        if l.passthrough {
+            args.push(format!("{}:passthrough", l.port));
+            continue;
+        }
+        if l.credentials.is_empty() {
+            args.push(l.port.to_string());
+            continue;
+        }
+        for cred in &l.credentials {
+            match credential(&resources, &creds, &cred.secret) {
+                Ok((c, k)) => args.push(format!(
+                    "{}:{}:{}:{}",
+                    l.port,
+                    c.display(),
+                    k.display(),
+                    cred.hosts.join(",")
+                )),
                 Err(e) => {
-                    tracing::error!(pod = %key, port = l.port, error = %e, "HTTPS listener left out")
+                    tracing::error!(pod = %key, port = l.port, error = %e, "HTTPS credential left out")
                 }
-            },
+            }
         }
     }
     let token_file = root.join("tokens").join(format!("{key}.token"));

@@ -233,3 +233,62 @@ impl ServerCertVerifier for IdentityVerifier {
             .supported_schemes()
     }
 }
+
+/// How specifically a host name pattern (`name`, `*.suffix`, or `*`) matches `name` (both
+/// lower case): `None` when it does not; an exact name above any wildcard, a longer wildcard
+/// above a shorter, `*` lowest.
+pub fn host_specificity(pattern: &str, name: &str) -> Option<usize> {
+    match pattern.strip_prefix('*') {
+        Some("") => Some(0),
+        Some(rest) => (name.ends_with(rest) && name.len() > rest.len()).then_some(rest.len()),
+        None => (pattern == name).then_some(usize::MAX),
+    }
+}
+
+/// The certificates of one HTTPS port, each for its host names (lower case; empty: any),
+/// chosen by the client's SNI: the most specific match, the first among equals; a client
+/// naming none of them, or no name at all, gets the first.
+#[derive(Debug)]
+pub struct BySni {
+    certs: Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl BySni {
+    pub fn new(certs: Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>) -> BySni {
+        BySni { certs }
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        let mut best: Option<(usize, &Arc<rustls::sign::CertifiedKey>)> = None;
+        for (hosts, ck) in &self.certs {
+            let score = if hosts.is_empty() {
+                Some(1)
+            } else {
+                sni.as_deref().and_then(|s| {
+                    hosts
+                        .iter()
+                        .filter_map(|h| host_specificity(h, s))
+                        .max()
+                        .map(|x| x.saturating_add(1))
+                })
+            };
+            if let Some(score) = score
+                && best.is_none_or(|(b, _)| score > b)
+            {
+                best = Some((score, ck));
+            }
+        }
+        best.map(|(_, ck)| ck.clone())
+            .or_else(|| self.certs.first().map(|(_, ck)| ck.clone()))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}

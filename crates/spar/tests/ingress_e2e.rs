@@ -38,7 +38,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
 
 /// A self-signed certificate for `host` and its key, as a kubernetes.io/tls Secret, and the
 /// certificate alone for curl's `--cacert`.
-fn secret(dir: &Path, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn secret(dir: &Path, name: &str, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     use base64::Engine as _;
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec![host.to_string()])
@@ -47,11 +47,14 @@ fn secret(dir: &Path, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         .expect("cert");
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: bookinfo-credential, namespace: bookinfo}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: bookinfo}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
         b64(&cert.pem()),
         b64(&key.serialize_pem())
     );
-    let (s, c) = (dir.join("secret.yaml"), dir.join("ca.pem"));
+    let (s, c) = (
+        dir.join(format!("{name}.yaml")),
+        dir.join(format!("{name}.pem")),
+    );
     std::fs::write(&s, yaml).expect("write");
     std::fs::write(&c, cert.pem()).expect("write");
     (s, c)
@@ -79,8 +82,25 @@ fn ingress_tasks() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path();
     let _guard = Down(state.to_path_buf());
-    let (secret_file, ca) = secret(state, "bookinfo.example.com");
-    let mesh = repo("examples/ingress/mesh.yaml");
+    let (secret_file, ca) = secret(state, "bookinfo-credential", "bookinfo.example.com");
+    // Istio's "TLS ingress gateway for multiple hosts": a second HTTPS listener on 443 with
+    // its own host name and Secret, added to the example here.
+    let (second_file, second_ca) = secret(state, "second-credential", "productpage.example.org");
+    let example = std::fs::read_to_string(repo("examples/ingress/mesh.yaml")).expect("example");
+    let anchor = "      certificateRefs: [{name: bookinfo-credential}]\n";
+    assert!(example.contains(anchor), "the example's HTTPS listener");
+    let mesh = state.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        example.replacen(
+            anchor,
+            &format!(
+                "{anchor}  - name: https-2\n    port: 443\n    protocol: HTTPS\n    hostname: productpage.example.org\n    tls:\n      mode: Terminate\n      certificateRefs: [{{name: second-credential}}]\n"
+            ),
+            1,
+        ),
+    )
+    .expect("write");
     let out = spar(
         state,
         &[
@@ -88,6 +108,7 @@ fn ingress_tasks() {
             "-d",
             mesh.to_str().expect("utf-8"),
             secret_file.to_str().expect("utf-8"),
+            second_file.to_str().expect("utf-8"),
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -134,6 +155,36 @@ fn ingress_tasks() {
             .then_some(())
             .ok_or(format!("{code} {body}"))
     });
+
+    // The second host on the same port: its own certificate (curl trusts only that one),
+    // chosen by SNI; the first host still gets its own.
+    let resolve2 = format!(
+        "productpage.example.org:443:{}",
+        https.trim_end_matches(":443")
+    );
+    eventually(
+        "HTTPS for a second host on 443, with its own Secret",
+        || {
+            let (code, body) = curl(&[
+                "--resolve",
+                &resolve2,
+                "--cacert",
+                second_ca.to_str().expect("utf-8"),
+                "https://productpage.example.org/productpage",
+            ]);
+            (code == 200 && body.contains("productpage-v1"))
+                .then_some(())
+                .ok_or(format!("{code} {body}"))
+        },
+    );
+    let (code, _) = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca.to_str().expect("utf-8"),
+        "https://bookinfo.example.com/productpage",
+    ]);
+    assert_eq!(code, 200, "the first host keeps its own certificate");
 
     // Istio's classic Gateway and a VirtualService bound to it, by Host.
     let classic = ingress_address(state, "istio-ingressgateway", 8080);

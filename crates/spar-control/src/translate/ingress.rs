@@ -20,8 +20,28 @@ use crate::registry::{Pod, Registry};
 pub const INGRESS_CLASS: &str = "istio";
 
 /// A gateway's listener ports with the host names each serves (empty: any) and whether
-/// the port passes TLS through by SNI (not terminated here).
+/// the port passes TLS through by SNI (not terminated here). Listeners (or servers) sharing a
+/// port are one port serving all their names (HTTPS: the gateway picks each one's
+/// certificate by SNI); the first decides the mode (validation refuses a mix).
 fn listeners(r: &Resource) -> Vec<(u32, Vec<String>, bool)> {
+    let mut merged: Vec<(u32, Vec<String>, bool)> = Vec::new();
+    for (port, hosts, passthrough) in declared_listeners(r) {
+        match merged.iter_mut().find(|(p, _, _)| *p == port) {
+            Some((_, all, _)) => {
+                if all.is_empty() || hosts.is_empty() {
+                    all.clear();
+                } else {
+                    all.extend(hosts);
+                }
+            }
+            None => merged.push((port, hosts, passthrough)),
+        }
+    }
+    merged
+}
+
+/// A gateway's listeners (or servers) one by one.
+fn declared_listeners(r: &Resource) -> Vec<(u32, Vec<String>, bool)> {
     match &r.spec {
         Spec::K8sGateway(g) if g.gateway_class_name == INGRESS_CLASS => g
             .listeners
@@ -489,6 +509,40 @@ spec:
         assert!(
             !all.iter().any(|(k, _)| k.ends_with("gw.a.gateway-9000")),
             "a TLS listener in another mode is not served"
+        );
+    }
+
+    #[test]
+    fn listeners_sharing_a_port_serve_all_their_hosts() {
+        let r = reg("
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: a}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: one, port: 443, protocol: HTTPS, hostname: httpbin.example.com, tls: {certificateRefs: [{name: c1}]}}
+  - {name: two, port: 443, protocol: HTTPS, hostname: helloworld.example.com, tls: {certificateRefs: [{name: c2}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: a}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+");
+        let all = hosts(&r);
+        assert_eq!(all.len(), 1, "one host for the port");
+        let vs = host(&all, "gw.a.gateway-443");
+        let m = serde_json::to_string(&vs.http[0].matches).expect("json");
+        assert!(
+            m.contains("httpbin") && m.contains("helloworld"),
+            "the route admits both listeners' hosts: {m}"
         );
     }
 }

@@ -209,11 +209,7 @@ impl TlsRoute {
         let sni = sni.to_ascii_lowercase();
         self.sni_hosts
             .iter()
-            .filter_map(|h| match h.strip_prefix('*') {
-                Some("") => Some(0),
-                Some(rest) => (sni.ends_with(rest) && sni.len() > rest.len()).then_some(rest.len()),
-                None => (*h == sni).then_some(usize::MAX),
-            })
+            .filter_map(|h| crate::tls::host_specificity(h, &sni))
             .max()
     }
 }

@@ -40,9 +40,10 @@ pub struct GatewayArgs {
     /// The gateway pod's name.
     #[arg(long)]
     pod: String,
-    /// A listener: `PORT` (HTTP), `PORT:CERT.pem:KEY.pem` (HTTPS, TLS terminated with that
-    /// credential) or `PORT:passthrough` (TLS routed by SNI to a backend that terminates it).
-    /// Repeatable.
+    /// A listener: `PORT` (HTTP), `PORT:CERT.pem:KEY.pem[:HOST,...]` (HTTPS, TLS terminated
+    /// with that credential; repeat it for a port with one credential per set of host names,
+    /// chosen by the client's SNI) or `PORT:passthrough` (TLS routed by SNI to a backend that
+    /// terminates it). Repeatable.
     #[arg(long = "listen", required = true)]
     listeners: Vec<String>,
     /// Access log format: text or json.
@@ -54,30 +55,60 @@ pub struct GatewayArgs {
     common: CommonArgs,
 }
 
-/// `PORT`, `PORT:CERT:KEY` (HTTPS; the key read here, kept only in this process) or
-/// `PORT:passthrough` (TLS routed by SNI, not terminated) -> a listener.
-fn gateway_listener(spec: &str) -> anyhow::Result<GatewayListener> {
-    const FORMS: &str = "PORT, PORT:CERT:KEY or PORT:passthrough";
-    let mut parts = spec.splitn(3, ':');
-    let port: u16 = parts
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .with_context(|| format!("listener {spec:?}: {FORMS}"))?;
-    let (tls, passthrough) = match (parts.next(), parts.next()) {
-        (None, None) => (None, false),
-        (Some("passthrough"), None) => (None, true),
-        (Some(cert), Some(key)) => (Some(Arc::new(server_tls(cert, key)?)), false),
-        _ => anyhow::bail!("listener {spec:?}: {FORMS}"),
-    };
-    Ok(GatewayListener {
-        port,
-        tls,
-        passthrough,
-    })
+/// `--listen` values -> listeners, one per port: `PORT` (HTTP), `PORT:CERT:KEY[:HOSTS]`
+/// (HTTPS; repeated for a port, one credential each, chosen by the client's SNI among the
+/// comma-separated HOSTS it is for; the keys read here, kept only in this process) or
+/// `PORT:passthrough` (TLS routed by SNI, not terminated).
+fn gateway_listeners(specs: &[String]) -> anyhow::Result<Vec<GatewayListener>> {
+    const FORMS: &str = "PORT, PORT:CERT:KEY[:HOSTS] or PORT:passthrough";
+    type Creds = Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>;
+    let mut ports: std::collections::BTreeMap<u16, (bool, bool, Creds)> = Default::default();
+    for spec in specs {
+        let mut parts = spec.splitn(4, ':');
+        let port: u16 = parts
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("listener {spec:?}: {FORMS}"))?;
+        let (plain, passthrough, creds) = ports.entry(port).or_default();
+        match (parts.next(), parts.next(), parts.next()) {
+            (None, None, None) => *plain = true,
+            (Some("passthrough"), None, None) => *passthrough = true,
+            (Some(cert), Some(key), hosts) => {
+                let hosts = hosts
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                creds.push((hosts, certified_key(cert, key)?));
+            }
+            _ => anyhow::bail!("listener {spec:?}: {FORMS}"),
+        }
+        if usize::from(*plain) + usize::from(*passthrough) + usize::from(!creds.is_empty()) > 1 {
+            anyhow::bail!(
+                "listener {spec:?}: port {port} is given as more than one of HTTP, HTTPS and passthrough"
+            );
+        }
+    }
+    ports
+        .into_iter()
+        .map(|(port, (_, passthrough, creds))| {
+            let tls = (!creds.is_empty())
+                .then(|| server_tls(creds))
+                .transpose()?
+                .map(Arc::new);
+            Ok(GatewayListener {
+                port,
+                tls,
+                passthrough,
+            })
+        })
+        .collect()
 }
 
-fn server_tls(cert: &str, key: &str) -> anyhow::Result<rustls::ServerConfig> {
+/// A certificate chain and its key, read from PEM files.
+fn certified_key(cert: &str, key: &str) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -86,10 +117,19 @@ fn server_tls(cert: &str, key: &str) -> anyhow::Result<rustls::ServerConfig> {
         .with_context(|| format!("{cert} is not a PEM certificate chain"))?;
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read the private key {key} (PEM)"))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let ck = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .context("the certificate and key do not go together")?;
+    Ok(Arc::new(ck))
+}
+
+/// The TLS config of an HTTPS port: its credentials, chosen by SNI.
+fn server_tls(
+    creds: Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>,
+) -> anyhow::Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the certificate and key do not go together")?;
+        .with_cert_resolver(Arc::new(spar_proxy::tls::BySni::new(creds)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -253,11 +293,7 @@ pub fn run(cmd: ProxyCommand) -> anyhow::Result<()> {
             Which::Gateway {
                 namespace: g.namespace.clone(),
                 pod: g.pod.clone(),
-                listeners: g
-                    .listeners
-                    .iter()
-                    .map(|l| gateway_listener(l))
-                    .collect::<anyhow::Result<_>>()?,
+                listeners: gateway_listeners(&g.listeners)?,
                 log_format: if g.access_log_format == "json" {
                     LogFormat::Json
                 } else {
@@ -439,4 +475,77 @@ async fn serve<R: Role>(
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `host`, written as PEM files into `dir`.
+    fn credential(dir: &std::path::Path, host: &str) -> (String, String, Vec<u8>) {
+        let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).expect("a cert");
+        let (cert, key) = (
+            dir.join(format!("{host}.crt")),
+            dir.join(format!("{host}.key")),
+        );
+        std::fs::write(&cert, c.cert.pem()).expect("write");
+        std::fs::write(&key, c.signing_key.serialize_pem()).expect("write");
+        let s = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+        (s(cert), s(key), c.cert.der().to_vec())
+    }
+
+    /// Whether a client trusting only `root` completes a handshake with `cfg` for `sni`.
+    async fn handshake(cfg: Arc<rustls::ServerConfig>, root: &[u8], sni: &str) -> bool {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.expect("accept");
+            let _ = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await;
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(root.to_vec()))
+            .expect("a root");
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("a name");
+        let ok = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, s)
+            .await
+            .is_ok();
+        let _ = server.await;
+        ok
+    }
+
+    #[tokio::test]
+    async fn one_https_port_serves_each_host_its_own_certificate() {
+        spar_identity::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c1, k1, root1) = credential(dir.path(), "httpbin.example.com");
+        let (c2, k2, root2) = credential(dir.path(), "helloworld.example.com");
+        let listeners = gateway_listeners(&[
+            format!("443:{c1}:{k1}:httpbin.example.com"),
+            format!("443:{c2}:{k2}:helloworld.example.com"),
+            "80".into(),
+        ])
+        .expect("listeners");
+        assert_eq!(listeners.len(), 2, "one listener per port");
+        let tls = listeners[1].tls.clone().expect("443 is HTTPS");
+        assert!(handshake(tls.clone(), &root1, "httpbin.example.com").await);
+        assert!(handshake(tls.clone(), &root2, "helloworld.example.com").await);
+        assert!(
+            !handshake(tls.clone(), &root2, "httpbin.example.com").await,
+            "each name gets its own certificate, not the other's"
+        );
+        // Ports given twice as different kinds are refused by name.
+        let mixed = gateway_listeners(&["443".into(), format!("443:{c1}:{k1}")]);
+        assert!(
+            mixed.is_err_and(|e| e.to_string().contains("port 443")),
+            "HTTP and HTTPS on one port"
+        );
+    }
 }
