@@ -689,6 +689,13 @@ mod tests {
                      {"key": "request.auth.claims[groups]", "values": ["g"]}]}]}),
         );
         assert!(issues(fine).is_empty());
+        let at_a_gateway = ap(json!({"action": "DENY",
+            "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "public"}],
+            "rules": [{"when": [{"key": "connection.sni", "values": ["a.example.com"]}]}]}));
+        assert!(
+            issues(at_a_gateway).is_empty(),
+            "connection.sni at an ingress gateway"
+        );
         let targeted = decode(&ap(json!({"targetRefs": [
             {"kind": "Service", "group": "", "name": "web"},
             {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "ext"}]})))

@@ -416,7 +416,7 @@ mod tests {
             namespace: Some("ns"),
             dest_ip: [10, 0, 0, 2].into(),
             dest_port: 9080,
-            sni: None,
+            sni: crate::security::authz::Sni::Unknowable,
             http: None,
         };
         let v = crate::security::authz::evaluate(config.authz.iter(), &facts);

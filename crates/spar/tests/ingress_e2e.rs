@@ -3,7 +3,9 @@
 //! to a backend that terminates TLS itself included): a Gateway API
 //! Gateway of class `istio` over HTTP and HTTPS (TLS terminated with a Secret given to
 //! `spar up`), Istio's classic Gateway with a VirtualService bound to it, backends in a sidecar
-//! namespace and in an ambient namespace that uses a waypoint, reached with mesh mTLS.
+//! namespace and in an ambient namespace that uses a waypoint, reached with mesh mTLS; then
+//! AuthorizationPolicy at the gateways (Istio's "ingress access control"): by `targetRefs` to
+//! the Gateway API gateway, by `selector` for the classic one, and on a passthrough listener.
 
 mod common;
 
@@ -237,4 +239,98 @@ fn ingress_tasks() {
         ]);
         assert_eq!(code, 0, "{what}: a server name no route takes is closed");
     }
+
+    // Authorization at the gateways, applied live; each denial as Istio's gateway answers it.
+    let policies = state.join("ingress-policies.yaml");
+    std::fs::write(
+        &policies,
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-details-from-outside, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: bookinfo-gateway}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/details/*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: classic-from-elsewhere-only, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: ALLOW
+  rules: [{from: [{source: {remoteIpBlocks: [192.0.2.0/24]}}]}]
+"#,
+    )
+    .expect("write");
+    let out = spar(state, &["apply", "-f", policies.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually("a DENY targeting the Gateway API gateway", || {
+        let (code, body) = curl(&[&format!("http://{http}/details/0")]);
+        (code == 403 && body == "RBAC: access denied")
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+    let (code, _) = curl(&[&format!("http://{http}/productpage")]);
+    assert_eq!(code, 200, "a path the DENY does not name");
+    let (code, body) = curl(&[
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca.to_str().expect("utf-8"),
+        "https://bookinfo.example.com/details/0",
+    ]);
+    assert_eq!(
+        (code, body.as_str()),
+        (403, "RBAC: access denied"),
+        "HTTPS too"
+    );
+    eventually("an ALLOW by selector on the classic gateway", || {
+        let (code, body) = curl(&[
+            "-H",
+            "Host: httpbin.example.com",
+            &format!("http://{classic}/status/200"),
+        ]);
+        (code == 403 && body == "RBAC: access denied")
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
+    });
+    // The classic gateway's passthrough listener: the ALLOW holds there too, per connection.
+    let addr = ingress_address(state, "istio-ingressgateway", 443);
+    let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+    let (code, _) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("nginx.example.com:443:{ip}"),
+        "https://nginx.example.com:443/",
+    ]);
+    assert_eq!(
+        code, 0,
+        "a passthrough connection the policy denies is closed"
+    );
+    // A DENY by `connection.sni` on the Gateway API passthrough listener.
+    std::fs::write(
+        &policies,
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-nginx, namespace: bookinfo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: bookinfo-gateway}]
+  action: DENY
+  rules: [{when: [{key: connection.sni, values: [nginx.example.com]}]}]
+"#,
+    )
+    .expect("write");
+    let out = spar(state, &["apply", "-f", policies.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let addr = ingress_address(state, "bookinfo-gateway-istio", 8443);
+    let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
+    eventually("a DENY by connection.sni on a passthrough listener", || {
+        let (code, body) = curl(&[
+            "-k",
+            "--resolve",
+            &format!("nginx.example.com:8443:{ip}"),
+            "https://nginx.example.com:8443/",
+        ]);
+        (code == 0).then_some(()).ok_or(format!("{code} {body}"))
+    });
 }

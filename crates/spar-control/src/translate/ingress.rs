@@ -200,6 +200,17 @@ pub fn selects(gw: &Resource, namespace: &str, labels: &Labels) -> bool {
     }
 }
 
+/// The Gateway API ingress gateway (class `istio`) whose deployment `pod` belongs to.
+pub fn k8s_gateway_of<'a>(reg: &'a Registry, pod: &Pod<'_>) -> Option<&'a Resource> {
+    let name = pod.labels.get(GATEWAY_NAME_LABEL)?;
+    reg.get(&spar_model::ResourceKey {
+        kind: Kind::K8sGateway,
+        namespace: pod.namespace.into(),
+        name: name.clone(),
+    })
+    .filter(|r| matches!(&r.spec, Spec::K8sGateway(g) if g.gateway_class_name == INGRESS_CLASS))
+}
+
 /// The L7 host name of gateway `gw`'s listener on `port`.
 pub fn host_name(gw: &Resource, port: u32) -> String {
     format!("{}.{}.gateway-{port}", gw.name(), gw.namespace())

@@ -1,7 +1,8 @@
 //! Security policies for L7 proxies (sidecars; waypoints later): each AuthorizationPolicy
 //! and RequestAuthentication that applies to the proxy's pod, as Istio scopes them (the root
 //! namespace's apply mesh-wide, a namespace's to its pods, a `selector` narrows either to the
-//! pods it matches; `targetRef(s)` policies belong to waypoints and gateways), with what the
+//! pods it matches; `targetRef(s)` policies belong to waypoints and gateways: an ingress
+//! gateway's pods take both kinds, as in Istio), with what the
 //! control plane resolves for the proxy: a CUSTOM policy's extension provider from MeshConfig,
 //! and each issuer's JWKS (inline, or fetched from `jwksUri`).
 
@@ -66,8 +67,20 @@ fn reach(
     pod: &Pod<'_>,
 ) -> Option<Vec<String>> {
     let Some(gw) = super::waypoint::served_by(reg, pod) else {
-        // A sidecar: selector and namespace scoping; targetRef policies are a waypoint's.
-        return (refs.is_empty() && applies(reg, r, selector, pod)).then(Vec::new);
+        // A sidecar or an ingress gateway: selector and namespace scoping. targetRef
+        // policies are a waypoint's, or (kind Gateway) the Gateway API ingress gateway's.
+        if refs.is_empty() {
+            return applies(reg, r, selector, pod).then(Vec::new);
+        }
+        let ingress = super::ingress::k8s_gateway_of(reg, pod);
+        let targeted = ingress.is_some_and(|gw| {
+            refs.iter().any(|t| {
+                (t.group.as_str(), t.kind.as_str()) == ("gateway.networking.k8s.io", "Gateway")
+                    && t.namespace.as_deref().unwrap_or(r.namespace()) == gw.namespace()
+                    && t.name == gw.name()
+            })
+        });
+        return targeted.then(Vec::new);
     };
     // A waypoint: only policies that target it (its Gateway, the waypoint GatewayClass from
     // the root namespace, or Services), as Istio's waypoints ignore selector policies.
@@ -284,6 +297,57 @@ spec:
                 "http://down.example/jwks.json",
                 "http://keys.example/jwks.json"
             ]
+        );
+    }
+
+    #[test]
+    fn an_ingress_gateway_takes_selector_policies_and_those_targeting_its_gateway() {
+        let r = reg(r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: edge}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: public-1, namespace: edge, labels: {gateway.networking.k8s.io/gateway-name: public, app: public}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.9}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-ref, namespace: edge}
+spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: public}], action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other-gateway, namespace: edge}
+spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: private}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-selector, namespace: edge}
+spec: {selector: {matchLabels: {app: public}}, action: DENY, rules: [{from: [{source: {remoteIpBlocks: [10.9.0.0/16]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: to-a-service, namespace: edge}
+spec: {targetRefs: [{kind: Service, group: "", name: public}]}
+"#);
+        let pod = r.pod("edge", "public-1").expect("pod");
+        let got = for_pod(&r, &BTreeMap::new(), &pod);
+        assert_eq!(
+            got.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![
+                "AuthorizationPolicy/edge/by-ref",
+                "AuthorizationPolicy/edge/by-selector"
+            ]
+        );
+        assert!(
+            got.values().all(|p| p.services.is_empty()),
+            "the whole gateway"
         );
     }
 }

@@ -29,6 +29,11 @@ impl Checker {
             );
         }
         let targeted = s.target_ref.is_some() || !s.target_refs.is_empty();
+        let gateway_or_selected = s.selector.is_some()
+            || s.target_ref
+                .iter()
+                .chain(&s.target_refs)
+                .any(|t| t.kind == "Gateway");
         if targeted && s.selector.is_some() {
             self.err(
                 "spec.selector",
@@ -45,7 +50,7 @@ impl Checker {
                 self.warn(
                     format!("spec.targetRefs[{i}]"),
                     format!(
-                        "{}/{}: spar's waypoints take Gateway, GatewayClass and Service targets; not enforced",
+                        "{}/{}: spar's waypoints and ingress gateways take Gateway, GatewayClass and Service targets; not enforced",
                         t.group, t.kind
                     ),
                 );
@@ -153,12 +158,12 @@ impl Checker {
                 {
                     self.err(format!("{cp}.key"), format!("{h:?} is not a header name"));
                 }
-                if c.key == "connection.sni" {
-                    // Mesh traffic arrives over HBONE, which carries no SNI: a rule on it
-                    // could never match, so a DENY on it would silently deny nothing.
-                    self.err(
+                if c.key == "connection.sni" && !gateway_or_selected {
+                    // Mesh traffic arrives over HBONE, which carries no SNI: only an ingress
+                    // gateway knows one, so a mesh- or namespace-wide rule on it is said.
+                    self.warn(
                         format!("{cp}.key"),
-                        "connection.sni is not supported by spar (HBONE connections carry no SNI)",
+                        "connection.sni is known only at ingress gateways (the TLS their listeners terminate or pass through); on mesh traffic (HBONE) an ALLOW rule using it never matches and a DENY rule applies without it",
                     );
                 }
                 if c.key == "destination.port" {

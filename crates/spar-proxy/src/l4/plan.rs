@@ -258,6 +258,21 @@ pub struct Admitted {
     pub trace_id: Option<String>,
 }
 
+impl Admitted {
+    /// A client from outside the mesh (at an ingress gateway): an address, no identity.
+    pub fn external(target: SocketAddr, peer: SocketAddr) -> Admitted {
+        Admitted {
+            target,
+            peer,
+            peer_identity: None,
+            source: None,
+            mtls: false,
+            http_service: None,
+            trace_id: None,
+        }
+    }
+}
+
 /// Why an inbound connection is refused, with the HBONE status that says so.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refused {
@@ -313,7 +328,7 @@ pub fn plan_inbound(
             namespace: src_namespace.as_deref(),
             dest_ip: target.ip(),
             dest_port: target.port(),
-            sni: None,
+            sni: crate::security::authz::Sni::Unknowable,
             http: None,
         };
         let v = evaluate(

@@ -1,12 +1,15 @@
 //! Authentication and authorization of one request at its destination (sidecar inbound,
-//! and the waypoint), against the policies in force now, so a change applies to the next
-//! request on an open connection:
+//! the waypoint, the ingress gateway), against the policies in force now, so a change applies
+//! to the next request on an open connection:
 //!
 //! ```text
 //! 1. authn   RequestAuthentication: a bad token is 401; a good one is the request principal
 //! 2. custom  a matching CUSTOM policy asks its ext_authz provider (HTTP or gRPC)
 //! 3. authz   DENY, then ALLOW: 403 `RBAC: access denied`
 //! ```
+//!
+//! A connection relayed as TCP (a waypoint's TCP tunnel, an ingress gateway's SNI
+//! passthrough) is authorized once, by `connection`: DENY and ALLOW only, as CUSTOM needs HTTP.
 //!
 //! The decisions are `security`'s pure functions; this module only gathers the facts and
 //! makes the ext_authz call.
@@ -25,7 +28,7 @@ use super::plan::ClusterPlan;
 use super::upstream::Dialer;
 use crate::l4::plan::{Admitted, Upstream, principal};
 use crate::proxy::{Pod, Proxy};
-use crate::security::authz::{Decision, Facts, Http, evaluate};
+use crate::security::authz::{Decision, Facts, Http, Sni, evaluate};
 use crate::security::ext_authz::{self, Checked, Kind, Provider};
 use crate::security::jwt::{self, Outcome};
 use crate::security::pattern::normalize_path;
@@ -44,6 +47,9 @@ pub struct Context<'a> {
     pub pod: &'a Pod,
     pub engine: &'a Engine,
     pub conn: &'a Admitted,
+    /// The server name the client asked for (`connection.sni`): sent to an ingress gateway's
+    /// listener, or unknowable on mesh traffic.
+    pub sni: Sni<'a>,
 }
 
 /// Headers the ext_authz server asked to add to the response.
@@ -116,7 +122,7 @@ pub async fn authorize(
             namespace: namespace.as_deref(),
             dest_ip: cx.conn.target.ip(),
             dest_port: cx.conn.target.port(),
-            sni: None,
+            sni: cx.sni,
             http: Some(Http {
                 method: method.as_str(),
                 path: &path,
@@ -184,6 +190,38 @@ pub async fn authorize(
             "-",
             d.detail(),
         )),
+    }
+}
+
+/// Authorize a connection that is relayed as TCP (no request to read): `Err` says why it
+/// is refused. A matching CUSTOM policy refuses it, as ext_authz checks HTTP requests only.
+pub fn connection(snap: &Snapshot, conn: &Admitted, sni: Sni<'_>) -> Result<(), String> {
+    let (principal_, namespace) = conn
+        .peer_identity
+        .as_deref()
+        .map(principal)
+        .unwrap_or_default();
+    let service = conn.http_service.as_ref().map(|k| k.as_str());
+    let facts = Facts {
+        source_ip: conn.peer.ip(),
+        remote_ip: conn.peer.ip(),
+        principal: principal_.as_deref(),
+        namespace: namespace.as_deref(),
+        dest_ip: conn.target.ip(),
+        dest_port: conn.target.port(),
+        sni,
+        http: None,
+    };
+    let v = evaluate(
+        snap.security.authz.iter().filter(|p| p.covers(service)),
+        &facts,
+    );
+    match (&v.custom, &v.decision) {
+        (Some((p, _)), _) => Err(format!(
+            "CUSTOM policy {p} matches a TCP connection, which ext_authz over HTTP cannot check"
+        )),
+        (None, Decision::Deny { .. }) => Err(v.decision.detail()),
+        (None, Decision::Allow) => Ok(()),
     }
 }
 

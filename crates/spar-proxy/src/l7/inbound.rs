@@ -33,6 +33,7 @@ use super::trace::{self, Kind, Pending};
 use crate::l4::inbound::{InboundIo, connect_app};
 use crate::l4::plan::Admitted;
 use crate::proxy::{Pod, Proxy};
+use crate::security::authz::Sni;
 use crate::snapshot::ServiceKey;
 
 enum AppConn {
@@ -200,6 +201,7 @@ async fn request(ib: Arc<Inbound>, mut req: Request<Incoming>) -> Response<Body>
         pod: &ib.pod,
         engine: &ib.engine,
         conn,
+        sni: Sni::Unknowable,
     };
     let (mut resp, flags, added) = match authorize(&cx, &snap, &mut parts).await {
         Err(refused) => {

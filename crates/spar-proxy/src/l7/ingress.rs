@@ -4,14 +4,18 @@
 //! gateway's own identity to mesh pods, plain TCP elsewhere).
 //!
 //! ```text
-//! listener port -> [TLS, within the handshake timeout] -> HTTP/1.1 or HTTP/2
-//!  per request: the gateway hosts of this port (one per Gateway on it), the first whose
-//!  routes match the request (authority, path, headers...) -> l7::outbound::handle
-//!  no host has a route: 404
+//! listener port -> [TLS, within the handshake timeout] -> HTTP/1.1 or HTTP/2, per request:
+//!  1. authorize  the policies selecting the gateway's pods or targeting its Gateway
+//!                (`l7::authorize`: JWT 401, CUSTOM, DENY/ALLOW 403 `RBAC: access denied`);
+//!                the client is outside the mesh: its address, no principal
+//!  2. route      the gateway hosts of this port (one per Gateway on it), the first whose
+//!                routes match the request (authority, path, headers...); none: 404
+//!  3. send       -> l7::outbound::handle
 //! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -19,11 +23,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::Engine;
-use super::body::Body;
+use super::authorize::{Context, authorize};
+use super::body::{Body, counted};
 use super::downstream::Downstream;
 use super::facts::RequestFacts;
 use super::respond;
+use super::telemetry::{HttpLabels, Peers, is_grpc};
+use crate::l4::plan::Admitted;
 use crate::proxy::{Pod, Proxy};
+use crate::security::authz::Sni;
 use crate::snapshot::ServiceKey;
 
 /// What every connection to one gateway pod shares.
@@ -42,11 +50,14 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let Some(tls) = tls else {
-        return http(ig, port, peer, TokioIo::new(s)).await;
+        return http(ig, port, peer, None, TokioIo::new(s)).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(s);
     match tokio::time::timeout(ig.proxy.limits.handshake, accept).await {
-        Ok(Ok(t)) => http(ig, port, peer, TokioIo::new(t)).await,
+        Ok(Ok(t)) => {
+            let sni = t.get_ref().1.server_name().map(Arc::<str>::from);
+            http(ig, port, peer, sni, TokioIo::new(t)).await
+        }
         Ok(Err(e)) => {
             tracing::info!(target: "access", "gateway src={peer} port={port} rejected=\"TLS: {e}\"")
         }
@@ -54,14 +65,16 @@ pub async fn serve(
     }
 }
 
-async fn http<I>(ig: Arc<Ingress>, port: u16, peer: SocketAddr, io: I)
+async fn http<I>(ig: Arc<Ingress>, port: u16, peer: SocketAddr, sni: Option<Arc<str>>, io: I)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let header_read = ig.proxy.limits.header_read;
+    // The client as policies see it: outside the mesh, so an address and no principal.
+    let conn = Arc::new(Admitted::external(SocketAddr::new(ig.pod.ip, port), peer));
     let svc = hyper::service::service_fn(move |req| {
-        let ig = ig.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(ig, port, peer, req).await) }
+        let (ig, conn, sni) = (ig.clone(), conn.clone(), sni.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(ig, conn, sni, req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -89,25 +102,68 @@ fn host_for(ig: &Ingress, port: u16, req: &Request<Incoming>) -> Option<ServiceK
 
 async fn handle(
     ig: Arc<Ingress>,
-    port: u16,
-    peer: SocketAddr,
+    conn: Arc<Admitted>,
+    sni: Option<Arc<str>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let started = Instant::now();
+    let (port, peer) = (conn.target.port(), conn.peer);
+    // 1. authorize, before routing (as Envoy's RBAC filter runs before its router).
+    let snap = ig.proxy.snapshot.load_full();
+    let grpc = is_grpc(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let cx = Context {
+        proxy: &ig.proxy,
+        pod: &ig.pod,
+        engine: &ig.engine,
+        conn: &conn,
+        sni: Sni::Sent(sni.as_deref()),
+    };
+    let added = match authorize(&cx, &snap, &mut parts).await {
+        Ok(added) => added,
+        Err(refused) => {
+            let req = Request::from_parts(parts, body);
+            tracing::info!(target: "access", "gateway src={peer} port={port} authority={} path={} denied=\"{}\"",
+                super::facts::authority(&req), req.uri().path(), refused.detail);
+            let Some(service) = host_for(&ig, port, &req) else {
+                return refused.response;
+            };
+            let peers = Peers {
+                src: Some(&ig.pod.workload),
+                src_principal: Some(&ig.pod.identity),
+                dst: None,
+                service: &service,
+                security: "unknown",
+            };
+            let labels = HttpLabels::new("source", &peers, &refused.response, grpc, refused.flag);
+            let engine = ig.engine.clone();
+            return counted(refused.response, started, move |ms, sent| {
+                engine.metrics.record(&labels, ms, 0, sent);
+            });
+        }
+    };
+    // 2. route
+    let req = Request::from_parts(parts, body);
     let Some(service) = host_for(&ig, port, &req) else {
         tracing::info!(target: "access", "gateway src={peer} port={port} authority={} path={} error=\"no route\"",
             super::facts::authority(&req), req.uri().path());
         return respond::local(StatusCode::NOT_FOUND, "no route\n");
     };
+    // 3. send
     let ds = Arc::new(Downstream {
         proxy: ig.proxy.clone(),
         pod: ig.pod.clone(),
         engine: ig.engine.clone(),
         service,
-        dst: SocketAddr::new(ig.pod.ip, port),
+        dst: conn.target,
         peer,
         reporter: "source",
         client: Some(ig.pod.workload.clone()),
         client_identity: ig.pod.identity.clone(),
     });
-    super::outbound::handle(ds, req).await
+    let mut resp = super::outbound::handle(ds, req).await;
+    for (k, v) in added {
+        resp.headers_mut().append(k, v);
+    }
+    resp
 }

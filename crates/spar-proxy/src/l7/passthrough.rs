@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! listener port -> read the ClientHello (rustls Acceptor; within the handshake timeout)
-//!  -> SNI -> the port's gateway hosts: the first TLS route whose sniHosts match (none: close)
+//!  -> SNI -> authorize the connection (the gateway's policies, `connection.sni` known, as
+//!     TCP: a denied one is closed) -> the port's gateway hosts: the first TLS route whose sniHosts match (none: close)
 //!  -> weighted destination -> its endpoints (`l4::plan::to_target`)
 //!  -> connect (HBONE with the gateway's identity, or plain TCP) -> replay the hello -> relay
 //! ```
@@ -21,8 +22,9 @@ use tokio::net::TcpStream;
 use super::config::{Target, TlsRoute};
 use super::ingress::Ingress;
 use crate::l4::outbound::connect_first;
-use crate::l4::plan::to_target;
+use crate::l4::plan::{Admitted, to_target};
 use crate::l4::relay::{labels, relay};
+use crate::security::authz::Sni;
 use crate::snapshot::Snapshot;
 
 /// A ClientHello larger than this is refused (TLS allows 16 KiB records; a hello spread over a
@@ -42,6 +44,10 @@ pub async fn serve(ig: Arc<Ingress>, port: u16, mut s: TcpStream, peer: SocketAd
         return tracing::info!(target: "access", "{log} rejected=\"the ClientHello names no server (SNI)\"");
     };
     let snap = ig.proxy.snapshot.load_full();
+    let conn = Admitted::external(SocketAddr::new(ig.pod.ip, port), peer);
+    if let Err(why) = super::authorize::connection(&snap, &conn, Sni::Sent(Some(&sni))) {
+        return tracing::info!(target: "access", "{log} sni={sni} denied=\"{why}\"");
+    }
     let Some(target) = pick(&snap, port, &sni, &mut rand::rng()) else {
         return tracing::info!(target: "access", "{log} sni={sni} error=\"no route\"");
     };

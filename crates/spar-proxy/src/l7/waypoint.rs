@@ -35,10 +35,10 @@ use super::telemetry::{HttpLabels, Peers, is_grpc};
 use crate::h2stream::H2Stream;
 use crate::hbone;
 use crate::l4::outbound::connect_first;
-use crate::l4::plan::{Admitted, OutboundPlan, Upstream, principal, tcp_plan};
+use crate::l4::plan::{Admitted, OutboundPlan, Upstream, tcp_plan};
 use crate::l4::relay::{labels, relay};
 use crate::proxy::{Pod, Proxy};
-use crate::security::authz::{Decision, Facts, evaluate};
+use crate::security::authz::Sni;
 use crate::snapshot::{ServiceInfo, Snapshot, WorkloadInfo};
 
 /// What every stream at one waypoint shares.
@@ -196,6 +196,7 @@ async fn request(
         pod: &wp.pod,
         engine: &wp.engine,
         conn: &conn,
+        sni: Sni::Unknowable,
     };
     match authorize(&cx, &snap, &mut parts).await {
         Ok(added) => {
@@ -234,33 +235,7 @@ async fn tcp(
     recv: RecvStream,
     respond: SendResponse<Bytes>,
 ) {
-    let (principal_, namespace) = conn
-        .peer_identity
-        .as_deref()
-        .map(principal)
-        .unwrap_or_default();
-    let service = conn.http_service.as_ref().map(|k| k.as_str());
-    let facts = Facts {
-        source_ip: conn.peer.ip(),
-        remote_ip: conn.peer.ip(),
-        principal: principal_.as_deref(),
-        namespace: namespace.as_deref(),
-        dest_ip: conn.target.ip(),
-        dest_port: conn.target.port(),
-        sni: None,
-        http: None,
-    };
-    let v = evaluate(
-        snap.security.authz.iter().filter(|p| p.covers(service)),
-        &facts,
-    );
-    let denied = match (&v.custom, &v.decision) {
-        (Some((p, _)), _) => Some(format!(
-            "CUSTOM policy {p} matches a TCP connection, which ext_authz over HTTP cannot check"
-        )),
-        (None, Decision::Deny { .. }) => Some(v.decision.detail()),
-        (None, Decision::Allow) => None,
-    };
+    let denied = super::authorize::connection(snap, &conn, Sni::Unknowable).err();
     let log = format!(
         "waypoint src={} dst={} src_id={}",
         conn.peer,

@@ -178,9 +178,21 @@ pub struct Facts<'a> {
     pub namespace: Option<&'a str>,
     pub dest_ip: IpAddr,
     pub dest_port: u16,
-    pub sni: Option<&'a str>,
+    pub sni: Sni<'a>,
     /// None for a TCP connection.
     pub http: Option<Http<'a>>,
+}
+
+/// The server name of the client's TLS (`connection.sni`), as far as this path knows it.
+#[derive(Debug, Clone, Copy)]
+pub enum Sni<'a> {
+    /// Mesh traffic arrives over HBONE, whose TLS carries no server name (the client's own
+    /// TLS, if any, is inside the tunnel): a condition on it cannot be evaluated, so an ALLOW
+    /// rule using it never matches and a DENY rule applies without it.
+    Unknowable,
+    /// What the client sent to a listener of this proxy (an ingress gateway's); None: no
+    /// TLS, or TLS without a server name.
+    Sent(Option<&'a str>),
 }
 
 /// The decision of DENY and ALLOW policies.
@@ -378,7 +390,10 @@ fn condition(c: &Condition, f: &Facts<'_>) -> M {
             });
             strs(sa.as_deref().into_iter().collect())
         }
-        Key::ConnectionSni => strs(f.sni.into_iter().collect()),
+        Key::ConnectionSni => match f.sni {
+            Sni::Unknowable => return M::Unknown,
+            Sni::Sent(sni) => strs(sni.into_iter().collect()),
+        },
         Key::RequestPrincipal => strs(auth.map(|a| a.principal.as_str()).into_iter().collect()),
         Key::RequestAudiences => strs(
             auth.map(|a| a.audiences.iter().map(String::as_str).collect())

@@ -353,7 +353,7 @@ proptest! {
                 namespace: Some("ns"),
                 dest_ip: [10, 0, 0, 7].into(),
                 dest_port: 8080,
-                sni: None,
+                sni: crate::security::authz::Sni::Unknowable,
                 http: Some(crate::security::authz::Http {
                     method: "GET",
                     path: &path,

@@ -17,6 +17,9 @@ fn policy(name: &str, spec: Value) -> Policy {
     compile(&format!("ns/{name}"), &spec).expect("compiles")
 }
 
+/// `.sni(UNKNOWABLE)`: mesh traffic, where no server name can be known.
+const UNKNOWABLE: &str = "<unknowable>";
+
 /// A request's facts, built up by the cases.
 #[derive(Clone, Debug)]
 struct Req {
@@ -126,7 +129,10 @@ impl Req {
             namespace: ns,
             dest_ip: self.dest,
             dest_port: self.port,
-            sni: self.sni.as_deref(),
+            sni: match &self.sni {
+                Some(s) if s == UNKNOWABLE => Sni::Unknowable,
+                s => Sni::Sent(s.as_deref()),
+            },
             http: self.http.as_ref().map(|(m, p, h, hd)| Http {
                 method: m,
                 path: p,
@@ -240,6 +246,10 @@ fn documented_semantics() {
         ("when destination.port notValues", vec![allow(when(json!([{"key": "destination.port", "notValues": ["8080"]}])))], http(), false),
         ("when connection.sni absent", vec![allow(when(json!([{"key": "connection.sni", "values": ["*"]}])))], http(), false),
         ("when connection.sni", vec![allow(when(json!([{"key": "connection.sni", "values": ["*.example.com"]}])))], tcp().sni("a.example.com"), true),
+        ("ALLOW by connection.sni on mesh traffic never matches", vec![allow(when(json!([{"key": "connection.sni", "values": ["*"]}])))], http().sni(UNKNOWABLE), false),
+        ("DENY by connection.sni on mesh traffic applies without it", vec![deny(when(json!([{"key": "connection.sni", "values": ["a.example.com"]}])))], http().sni(UNKNOWABLE), false),
+        ("DENY by connection.sni, another name sent", vec![deny(when(json!([{"key": "connection.sni", "values": ["a.example.com"]}])))], tcp().sni("b.example.com"), true),
+        ("DENY by connection.sni, that name sent", vec![deny(when(json!([{"key": "connection.sni", "values": ["a.example.com"]}])))], tcp().sni("a.example.com"), false),
         ("when request.auth.principal", vec![allow(when(json!([{"key": "request.auth.principal", "values": ["https://iss/alice"]}])))], http().jwt("https://iss/alice", json!({})), true),
         ("when request.auth.audiences", vec![allow(when(json!([{"key": "request.auth.audiences", "values": ["api"]}])))], http().jwt("i/s", json!({"aud": ["web", "api"]})), true),
         ("when request.auth.presenter", vec![allow(when(json!([{"key": "request.auth.presenter", "values": ["app"]}])))], http().jwt("i/s", json!({"azp": "app"})), true),
