@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -151,6 +151,7 @@ impl Side {
                         r,
                         buf: BytesMut::new(),
                         size: FIRST_CHUNK,
+                        drained: false,
                     },
                     Sink::Tcp(w),
                 )
@@ -178,6 +179,8 @@ enum Source<'a> {
         buf: BytesMut,
         /// How much to read at once (grows from `FIRST_CHUNK` to `CHUNK`).
         size: usize,
+        /// The last read was short: the socket is empty and tokio has cleared its readiness.
+        drained: bool,
     },
     Tunnel {
         recv: &'a mut RecvStream,
@@ -193,34 +196,42 @@ impl Source<'_> {
     /// The next chunk, or None at the end of the stream.
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         match self {
-            Source::Tcp { r, buf, size } => loop {
+            Source::Tcp {
+                r,
+                buf,
+                size,
+                drained,
+            } => {
+                if *drained {
+                    // Let the buffer go while the socket is idle, and wait for its next
+                    // readiness event: a read shorter than its buffer emptied the socket and
+                    // cleared the readiness (tokio's `poll_read`), so no read is spent on
+                    // EAGAIN (one syscall per request saved on a keep-alive connection).
+                    *buf = BytesMut::new();
+                    r.readable().await?;
+                    *drained = false;
+                }
                 let want = *size;
                 if buf.capacity() - buf.len() < want / 4 {
                     buf.reserve(want);
                 }
                 let room = buf.capacity() - buf.len();
-                match r.try_read_buf(buf) {
-                    Ok(0) => return Ok(None),
-                    Ok(n) => {
-                        if n == room {
-                            *size = (want * 4).min(CHUNK);
-                        }
-                        // A small chunk may wait in h2's queue: it must not pin a whole buffer.
-                        if n < want / 4 {
-                            let chunk = Bytes::copy_from_slice(buf);
-                            buf.clear();
-                            return Ok(Some(chunk));
-                        }
-                        return Ok(Some(buf.split().freeze()));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Drained: let the buffer go while the socket is idle.
-                        *buf = BytesMut::new();
-                        r.readable().await?;
-                    }
-                    Err(e) => return Err(e),
+                let n = r.read_buf(buf).await?;
+                if n == 0 {
+                    return Ok(None);
                 }
-            },
+                *drained = n < room;
+                if n == room {
+                    *size = (want * 4).min(CHUNK);
+                }
+                // A small chunk may wait in h2's queue: it must not pin a whole buffer.
+                if n < want / 4 {
+                    let chunk = Bytes::copy_from_slice(buf);
+                    buf.clear();
+                    return Ok(Some(chunk));
+                }
+                Ok(Some(buf.split().freeze()))
+            }
             Source::Tunnel {
                 recv,
                 first,
@@ -348,6 +359,7 @@ mod tests {
             r,
             buf: BytesMut::new(),
             size: FIRST_CHUNK,
+            drained: false,
         };
         let mut lens = Vec::new();
         for _ in 0..3 {
@@ -363,6 +375,36 @@ mod tests {
         drop(src);
         drop(leg);
         let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_next_message_still_arrives() {
+        // A keep-alive connection: a short read marks the socket drained; the next request,
+        // sent later, must wake the relay (readiness re-armed by the kernel's event).
+        let (mut app, mut leg) = tcp_pair().await;
+        let (r, _w) = leg.split();
+        let mut src = Source::Tcp {
+            r,
+            buf: BytesMut::new(),
+            size: FIRST_CHUNK,
+            drained: false,
+        };
+        for msg in [&b"first"[..], b"second", b"third"] {
+            app.write_all(msg).await.expect("write");
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), src.next())
+                .await
+                .expect("not stuck after a drained read")
+                .expect("read")
+                .expect("data");
+            assert_eq!(&got[..], msg);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(app);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), src.next())
+            .await
+            .expect("the end is seen after a drained read")
+            .expect("read");
+        assert!(end.is_none());
     }
 
     #[tokio::test]
