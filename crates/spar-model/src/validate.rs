@@ -61,10 +61,14 @@ pub fn validate(r: &Resource) -> Vec<Issue> {
                     format!("names starting with `{p}` are reserved for the policies Spar generates; rename this policy"),
                 );
             }
+            v.target_namespaces(r.namespace(), s.target_ref.iter().chain(&s.target_refs));
             v.authorization_policy(s)
         }
         Spec::PeerAuthentication(s) => v.peer_authentication(s),
-        Spec::RequestAuthentication(s) => v.request_authentication(s),
+        Spec::RequestAuthentication(s) => {
+            v.target_namespaces(r.namespace(), s.target_ref.iter().chain(&s.target_refs));
+            v.request_authentication(s)
+        }
         Spec::Service(s) => v.service(s),
         Spec::Deployment(s) => v.deployment(s),
         Spec::Job(s) => v.job(s),
@@ -695,6 +699,18 @@ mod tests {
         assert!(
             issues(at_a_gateway).is_empty(),
             "connection.sni at an ingress gateway"
+        );
+        let elsewhere = decode(&json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "team-a"},
+            "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "public", "namespace": "edge"}]}}))
+        .expect("decodes");
+        let found = validate(&elsewhere);
+        assert!(
+            found
+                .iter()
+                .any(|i| i.path == "spec.targetRefs[0].namespace"
+                    && i.severity == crate::problem::Severity::Error),
+            "{found:?}"
         );
         let targeted = decode(&ap(json!({"targetRefs": [
             {"kind": "Service", "group": "", "name": "web"},

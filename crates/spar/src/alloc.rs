@@ -12,7 +12,9 @@
 //! purging thread then wakes the runtime's workers with a no-op task each, and each collects
 //! as it parks again, and twice more a second apart (only a collection after mimalloc's
 //! one-second purge delay hands the freed pages to the kernel). Without this, 8 parallel bulk
-//! transfers left 47 MB private in an idle node proxy for 10-20 s.
+//! transfers left 47 MB private in an idle node proxy for 10-20 s. A wake-up after a quiet
+//! second (few parks) collects with `force`, freeing also the pages mimalloc keeps retired
+//! for reuse (5-10 MB after bulk transfers otherwise); under load they stay, to be reused.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -37,6 +39,16 @@ static SKIPPED: AtomicBool = AtomicBool::new(false);
 /// collects when it next parks.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
+/// Parks of the runtime's workers since the purging thread last looked: few means the
+/// proxy has gone quiet.
+static PARKS: AtomicU64 = AtomicU64::new(0);
+
+/// Fewer parks than this in a second: quiet (a proxy under load parks thousands of times).
+const QUIET_PARKS: u64 = 50;
+
+/// The wake-up workers are answering came after a quiet second: they collect with `force`.
+static FORCE: AtomicBool = AtomicBool::new(false);
+
 /// The proxy's runtime and its worker count, for waking idle workers.
 static RUNTIME: OnceLock<(tokio::runtime::Handle, usize)> = OnceLock::new();
 
@@ -54,10 +66,14 @@ pub fn start_purging() {
                 if SKIPPED.swap(false, Ordering::Relaxed) {
                     owed = FOLLOW_UPS + 1;
                 }
+                let quiet = PARKS.swap(0, Ordering::Relaxed) < QUIET_PARKS;
                 if owed > 0
                     && let Some((rt, workers)) = RUNTIME.get()
                 {
                     owed -= 1;
+                    // Once the burst is over, the pages mimalloc keeps retired for reuse go
+                    // too; under steady load they are reused, so they stay.
+                    FORCE.store(quiet, Ordering::Relaxed);
                     // Every worker that parks after this collects, whatever its last
                     // collection; the tasks wake parked workers (the first one woken
                     // wakes another to share the work, and each parks again).
@@ -93,6 +109,7 @@ pub fn watch_runtime(rt: tokio::runtime::Handle, workers: usize) {
 /// For a runtime's `on_thread_park`: give the worker's emptied pages back to the shared
 /// arenas (from where the purging thread returns them to the kernel).
 pub fn on_worker_park() {
+    PARKS.fetch_add(1, Ordering::Relaxed);
     LAST_COLLECT.with(|last| {
         let now = Instant::now();
         let epoch = EPOCH.load(Ordering::Relaxed);
@@ -106,11 +123,12 @@ pub fn on_worker_park() {
             return;
         }
         last.set(Some(now));
-        // Woken by the purging thread (the burst is over): `force`, so the pages mimalloc
-        // keeps retired for reuse a while are freed too (without it, 5-10 MB stayed in an
-        // idle sidecar after bulk transfers until its next requests). Otherwise only this
-        // thread's emptied pages, cheaply.
+        // Woken by the purging thread after a quiet second (the burst is over): `force`, so
+        // the pages mimalloc keeps retired for reuse a while are freed too (without it, 5-10
+        // MB stayed in an idle sidecar after bulk transfers until its next requests).
+        // Otherwise only this thread's emptied pages, cheaply.
+        let force = forced && FORCE.load(Ordering::Relaxed);
         // SAFETY: as above.
-        unsafe { libmimalloc_sys::mi_collect(forced) };
+        unsafe { libmimalloc_sys::mi_collect(force) };
     });
 }

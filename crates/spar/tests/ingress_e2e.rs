@@ -307,30 +307,83 @@ spec:
         code, 0,
         "a passthrough connection the policy denies is closed"
     );
-    // A DENY by `connection.sni` on the Gateway API passthrough listener.
-    std::fs::write(
-        &policies,
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-nginx, namespace: bookinfo}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: bookinfo-gateway}]
-  action: DENY
-  rules: [{when: [{key: connection.sni, values: [nginx.example.com]}]}]
-"#,
-    )
-    .expect("write");
-    let out = spar(state, &["apply", "-f", policies.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", text(&out));
+    // A DENY on HTTP fields (`paths`) reaches a passthrough listener of the same gateway
+    // without them (as Istio builds TCP filters: fail closed), so it closes every passthrough
+    // connection; once the policies are deleted, the passthrough answers again.
     let addr = ingress_address(state, "bookinfo-gateway-istio", 8443);
-    let ip = addr.rsplit_once(':').map_or(addr.as_str(), |(ip, _)| ip);
-    eventually("a DENY by connection.sni on a passthrough listener", || {
-        let (code, body) = curl(&[
+    let ip = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(ip, _)| ip)
+        .to_string();
+    let nginx = || {
+        curl(&[
             "-k",
             "--resolve",
             &format!("nginx.example.com:8443:{ip}"),
             "https://nginx.example.com:8443/",
-        ]);
-        (code == 0).then_some(()).ok_or(format!("{code} {body}"))
+        ])
+    };
+    assert_eq!(
+        nginx().0,
+        0,
+        "the paths DENY applies to TCP without its paths"
+    );
+    let out = spar(state, &["delete", "-f", policies.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually("passthrough after the policies are deleted", || {
+        let (code, body) = nginx();
+        (code == 200 && body.contains("s_server -accept 8443"))
+            .then_some(())
+            .ok_or(format!("{code} {body}"))
     });
+    // `connection.sni` at the Gateway API gateway: the name the client sent is what policies
+    // see. First an ALLOW for one name only: plain HTTP (no SNI) and another HTTPS name are
+    // refused, the passthrough connection that names it goes through.
+    let sni_policy = |action: &str| {
+        std::fs::write(
+            &policies,
+            format!(
+                r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: by-sni, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: bookinfo-gateway}}]
+  action: {action}
+  rules: [{{when: [{{key: connection.sni, values: [nginx.example.com]}}]}}]
+"#
+            ),
+        )
+        .expect("write");
+        let out = spar(state, &["apply", "-f", policies.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    let bookinfo_https = || {
+        curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca.to_str().expect("utf-8"),
+            "https://bookinfo.example.com/productpage",
+        ])
+    };
+    sni_policy("ALLOW");
+    eventually("an ALLOW by connection.sni refuses plain HTTP", || {
+        let (code, body) = curl(&[&format!("http://{http}/productpage")]);
+        (code == 403).then_some(()).ok_or(format!("{code} {body}"))
+    });
+    let (code, body) = nginx();
+    assert!(
+        code == 200 && body.contains("s_server -accept 8443"),
+        "the passthrough connection naming the allowed SNI passes: {code} {body}"
+    );
+    assert_eq!(bookinfo_https().0, 403, "another SNI is not allowed");
+    // Then a DENY of that name: it alone is refused.
+    sni_policy("DENY");
+    eventually("a DENY by connection.sni", || {
+        let (code, body) = curl(&[&format!("http://{http}/productpage")]);
+        (code == 200).then_some(()).ok_or(format!("{code} {body}"))
+    });
+    let (code, _) = nginx();
+    assert_eq!(code, 0, "a passthrough connection the DENY names is closed");
+    assert_eq!(bookinfo_https().0, 200, "another SNI passes");
 }

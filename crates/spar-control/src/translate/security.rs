@@ -74,9 +74,9 @@ fn reach(
         }
         let ingress = super::ingress::k8s_gateway_of(reg, pod);
         let targeted = ingress.is_some_and(|gw| {
-            refs.iter().any(|t| {
+            refs.iter().filter(|t| same_namespace(r, t)).any(|t| {
                 (t.group.as_str(), t.kind.as_str()) == ("gateway.networking.k8s.io", "Gateway")
-                    && t.namespace.as_deref().unwrap_or(r.namespace()) == gw.namespace()
+                    && r.namespace() == gw.namespace()
                     && t.name == gw.name()
             })
         });
@@ -86,8 +86,8 @@ fn reach(
     // the root namespace, or Services), as Istio's waypoints ignore selector policies.
     let mut services = Vec::new();
     let mut whole = false;
-    for t in refs {
-        let ns = t.namespace.as_deref().unwrap_or(r.namespace());
+    for t in refs.iter().filter(|t| same_namespace(r, t)) {
+        let ns = r.namespace();
         match (t.group.as_str(), t.kind.as_str()) {
             ("gateway.networking.k8s.io", "Gateway") => {
                 whole |= ns == gw.namespace() && t.name == gw.name();
@@ -112,6 +112,17 @@ fn reach(
     } else {
         Some(services)
     }
+}
+
+/// Whether a target reference stays in its policy's namespace. One into another namespace
+/// is ignored (Istio refuses it, and validation says so): a tenant's policy must not reach
+/// another namespace's gateway or waypoint, where an ALLOW would widen what the owner's
+/// policies admit.
+fn same_namespace(r: &Resource, t: &PolicyTargetReference) -> bool {
+    t.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .is_none_or(|n| n == r.namespace())
 }
 
 fn refs<'a>(

@@ -13,6 +13,25 @@ fn header_name_ok(h: &str) -> bool {
 }
 
 impl Checker {
+    /// `targetRef(s)` of a policy in namespace `own` stay in it (Istio refuses others; the
+    /// control plane ignores them, so a policy could not silently reach another namespace).
+    pub(super) fn target_namespaces<'a>(
+        &mut self,
+        own: &str,
+        refs: impl Iterator<Item = &'a crate::meta::PolicyTargetReference>,
+    ) {
+        for (i, t) in refs.enumerate() {
+            if let Some(n) = t.namespace.as_deref().filter(|n| !n.is_empty())
+                && n != own
+            {
+                self.err(
+                    format!("spec.targetRefs[{i}].namespace"),
+                    format!("{n}: a target in another namespace is not supported (as in Istio); write the policy in namespace {n}"),
+                );
+            }
+        }
+    }
+
     pub(super) fn authorization_policy(&mut self, s: &sec::AuthorizationPolicy) {
         self.one_of(
             "spec.action".into(),

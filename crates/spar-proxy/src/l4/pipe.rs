@@ -397,6 +397,9 @@ mod tests {
                 .expect("read")
                 .expect("data");
             assert_eq!(&got[..], msg);
+            // The short read left the socket marked drained: the next call waits for an
+            // event instead of reading into EAGAIN (the syscall this saves).
+            assert!(matches!(src, Source::Tcp { drained: true, .. }));
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         drop(app);

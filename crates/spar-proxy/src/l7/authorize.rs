@@ -106,13 +106,10 @@ pub async fn authorize(
     if path != parts.uri.path() {
         set_path(parts, &path);
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_string();
+    // The authority as the router takes it (`facts::authority`: the URI's, else `Host`), so
+    // a request whose absolute URI or `:authority` disagrees with its `Host` header is judged
+    // on the host it is routed by.
+    let host = super::facts::authority_of(&parts.uri, &parts.headers).to_string();
     let method = parts.method.clone();
     let judge = |headers: &http::HeaderMap| {
         let facts = Facts {
@@ -216,6 +213,9 @@ pub fn connection(snap: &Snapshot, conn: &Admitted, sni: Sni<'_>) -> Result<(), 
         snap.security.authz.iter().filter(|p| p.covers(service)),
         &facts,
     );
+    for a in &v.audit {
+        tracing::info!(target: "access", "audit policy={a} src={} dst={}", conn.peer, conn.target);
+    }
     match (&v.custom, &v.decision) {
         (Some((p, _)), _) => Err(format!(
             "CUSTOM policy {p} matches a TCP connection, which ext_authz over HTTP cannot check"

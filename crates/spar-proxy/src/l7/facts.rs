@@ -27,14 +27,14 @@ pub struct RequestFacts<'a> {
 
 /// The authority of a request: its URI's, else its `Host` header.
 pub fn authority<B>(req: &Request<B>) -> &str {
-    req.uri()
-        .authority()
+    authority_of(req.uri(), req.headers())
+}
+
+/// The authority of a request head (as `authority`), for callers holding its parts.
+pub fn authority_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> &'a str {
+    uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("")
 }
 
@@ -57,5 +57,33 @@ impl<'a> RequestFacts<'a> {
             peer,
             h2: req.version() == Version::HTTP_2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uri_authority_wins_over_the_host_header() {
+        // Routing and authorization both read this: an absolute URI (or `:authority`) that
+        // disagrees with `Host` is judged and routed by the same name.
+        let req = Request::builder()
+            .uri("http://admin.example.com/x")
+            .header(header::HOST, "public.example.com")
+            .body(())
+            .expect("request");
+        assert_eq!(authority(&req), "admin.example.com");
+        let (parts, ()) = req.into_parts();
+        assert_eq!(
+            authority_of(&parts.uri, &parts.headers),
+            "admin.example.com"
+        );
+        let req = Request::builder()
+            .uri("/x")
+            .header(header::HOST, "public.example.com")
+            .body(())
+            .expect("request");
+        assert_eq!(authority(&req), "public.example.com");
     }
 }

@@ -8,9 +8,11 @@
 //! must match (one of its values), and no `notX` value may.
 //!
 //! Without HTTP facts (TCP), fields only HTTP has (`hosts`, `methods`, `paths`,
-//! `requestPrincipals`, `request.*` conditions) cannot be evaluated: an ALLOW (or AUDIT or
-//! CUSTOM) rule using them never matches, a DENY rule is applied without them. Both err on
-//! the side of denying.
+//! `requestPrincipals`, `request.*` conditions) cannot be evaluated (nor `connection.sni` on
+//! mesh traffic): an ALLOW rule using them never matches; DENY, CUSTOM and AUDIT rules are
+//! applied without them (as Istio builds its TCP filters), so a DENY denies, a CUSTOM asks its
+//! provider (or, where none can be asked, refuses) and an AUDIT logs. All err on the side of
+//! denying.
 
 mod compile;
 
@@ -453,14 +455,14 @@ pub fn evaluate<'p>(
 ) -> Verdict {
     let custom = policies.clone().into_iter().find_map(|p| match &p.action {
         Action::Custom(provider) => {
-            matching_rule(p, f, false).map(|_| (p.name.clone(), provider.clone()))
+            matching_rule(p, f, true).map(|_| (p.name.clone(), provider.clone()))
         }
         _ => None,
     });
     let audit = policies
         .clone()
         .into_iter()
-        .filter(|p| p.action == Action::Audit && matching_rule(p, f, false).is_some())
+        .filter(|p| p.action == Action::Audit && matching_rule(p, f, true).is_some())
         .map(|p| p.name.clone())
         .collect();
     let decision = decide(policies, f);

@@ -296,12 +296,47 @@ fn custom_and_audit_are_reported() {
         .verdict(std::slice::from_ref(&custom));
     assert_eq!(v.custom, Some(("ns/ext".into(), "ext-authz-http".into())));
     assert_eq!(v.decision, Decision::Allow, "CUSTOM is not an ALLOW");
-    assert_eq!(http().path("/ip").verdict(&[custom]).custom, None);
+    assert_eq!(
+        http()
+            .path("/ip")
+            .verdict(std::slice::from_ref(&custom))
+            .custom,
+        None
+    );
     let audit = policy(
         "audit",
         json!({"action": "AUDIT", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
     );
-    assert_eq!(http().verdict(&[audit]).audit, vec!["ns/audit".to_string()]);
+    assert_eq!(
+        http().verdict(std::slice::from_ref(&audit)).audit,
+        vec!["ns/audit".to_string()]
+    );
+    // What cannot be evaluated is applied without, as DENY: a TCP connection (or a condition
+    // on the SNI of mesh traffic) meets the CUSTOM policy, which asks or refuses, and AUDIT logs.
+    assert_eq!(
+        tcp().verdict(std::slice::from_ref(&custom)).custom,
+        Some(("ns/ext".into(), "ext-authz-http".into())),
+        "a CUSTOM rule on HTTP fields is not skipped for TCP"
+    );
+    let by_sni = policy(
+        "ext-sni",
+        json!({"action": "CUSTOM", "provider": {"name": "p"}, "rules": [{"when": [{"key": "connection.sni", "values": ["a.example.com"]}]}]}),
+    );
+    assert!(
+        http()
+            .sni(UNKNOWABLE)
+            .verdict(std::slice::from_ref(&by_sni))
+            .custom
+            .is_some()
+    );
+    assert!(
+        tcp()
+            .sni("b.example.com")
+            .verdict(&[by_sni])
+            .custom
+            .is_none()
+    );
+    assert_eq!(tcp().verdict(&[audit]).audit, vec!["ns/audit".to_string()]);
 }
 
 #[test]
