@@ -32,7 +32,7 @@ use super::telemetry::{HttpLabels, Peers, is_grpc};
 use crate::l4::plan::Admitted;
 use crate::proxy::{Pod, Proxy};
 use crate::security::authz::Sni;
-use crate::snapshot::ServiceKey;
+use crate::snapshot::{ServiceInfo, ServiceKey, Snapshot};
 
 /// What every connection to one gateway pod shares.
 pub struct Ingress {
@@ -85,19 +85,25 @@ where
     let _ = builder.serve_connection_with_upgrades(io, svc).await;
 }
 
+/// The L7 hosts of listener `port`, one per Gateway on it (`<gateway>.<ns>.gateway-<port>`,
+/// with no Service behind them).
+pub fn gateway_hosts(snap: &Snapshot, port: u16) -> impl Iterator<Item = &ServiceInfo> {
+    let suffix = format!(".gateway-{port}");
+    snap.services
+        .values()
+        .filter(move |s| s.service.is_none() && s.key.hostname().ends_with(&suffix))
+        .map(|s| &**s)
+}
+
 /// The gateway host (one per Gateway on this port) whose routes take the request.
 fn host_for(ig: &Ingress, port: u16, req: &Request<Incoming>) -> Option<ServiceKey> {
     let snap = ig.proxy.snapshot.load();
-    let suffix = format!(".gateway-{port}");
     let peer = SocketAddr::new(ig.pod.ip, port);
-    snap.services
-        .values()
-        .filter(|s| s.service.is_none() && s.key.hostname().ends_with(&suffix))
-        .find_map(|s| {
-            let l7 = s.l7.as_deref()?;
-            let facts = RequestFacts::of(req, &s.key, port, peer);
-            super::route::select(l7, &facts).map(|_| s.key.clone())
-        })
+    gateway_hosts(&snap, port).find_map(|s| {
+        let l7 = s.l7.as_deref()?;
+        let facts = RequestFacts::of(req, &s.key, port, peer);
+        super::route::select(l7, &facts).map(|_| s.key.clone())
+    })
 }
 
 async fn handle(

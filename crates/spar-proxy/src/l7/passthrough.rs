@@ -110,12 +110,8 @@ async fn client_hello(s: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), St
 /// The destination of the TLS route of `port`'s gateway hosts that matches `sni` most
 /// specifically (an exact name, then the longest wildcard; the first among equals).
 fn pick(snap: &Snapshot, port: u16, sni: &str, rng: &mut impl rand::Rng) -> Option<Target> {
-    let suffix = format!(".gateway-{port}");
     let mut best: Option<(usize, &TlsRoute)> = None;
-    for r in snap
-        .services
-        .values()
-        .filter(|s| s.service.is_none() && s.key.hostname().ends_with(&suffix))
+    for r in super::ingress::gateway_hosts(snap, port)
         .filter_map(|s| s.l7.as_deref())
         .flat_map(|l7| &l7.tls)
     {
